@@ -1,10 +1,37 @@
 //! Zero-copy views and builders for Ethernet II, IPv4 and TCP (with options).
 //!
 //! The lowest layer: it knows frames and headers, never connections.
-//! SEED FILE: the types below are the contract shared by `tcp/` and `shard/`;
-//! the functions are implemented by the wire work item.
+//! The types in this file are the contract shared by `tcp/` and `shard/`;
+//! each header and concern has its own module:
+//!
+//! - [`checksum`]: RFC 1071 sum, pseudo-header, RFC 1624 incremental update
+//! - [`ethernet`], [`ipv4`], [`tcp`]: checked views and header writers
+//! - [`options`]: TCP option parsing and Linux-layout emission
+//! - [`frame`]: [`parse_frame`] and [`build_frame`] for a whole frame
+//! - [`drop_reason`]: why a received frame was dropped, with metric labels
+//!
+//! Nothing here allocates: views borrow the rx buffer, builders write into
+//! the caller's tx buffer.
 
 use std::net::Ipv4Addr;
+
+pub mod checksum;
+pub mod drop_reason;
+pub mod ethernet;
+pub mod frame;
+pub mod ipv4;
+pub mod options;
+pub mod tcp;
+
+#[cfg(test)]
+mod tests;
+
+pub use drop_reason::DropReason;
+pub use ethernet::ETH_HEADER_LEN;
+pub use frame::{
+    BuildError, MAX_HEADER_LEN, build_frame, frame_header_len, parse_frame, tcp_header_len,
+};
+pub use ipv4::IPV4_HEADER_LEN;
 
 /// TCP control bits as they sit in byte 13 of the header.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
