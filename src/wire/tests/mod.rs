@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use super::{FrameMeta, TcpFlags, TcpOptions, TcpRepr, Timestamps};
 
+mod captured;
 mod malformed;
 mod roundtrip;
 
