@@ -2,5 +2,12 @@
 //!
 //! Layers only look down: `wire` <- `tcp` <- `shard` <- `app` <- the binaries.
 
+pub mod iface;
+pub mod metrics;
+pub mod runtime;
+pub mod shard;
 pub mod tcp;
+pub mod topology;
 pub mod wire;
+pub mod xdp;
+pub mod xsk;

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// turnstile's XDP steering program.
+//
+// IPv4 TCP to a chosen local port (and, when configured, to the local
+// address) is redirected to the AF_XDP socket of the receive queue it came
+// in on. Everything else -- ARP, ICMP, other ports, IPv6, fragments -- is
+// XDP_PASS, so the kernel keeps doing its job for the rest of the host.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_QUEUES 64
+
+enum counter {
+	CNT_REDIRECTED = 0,
+	CNT_PASSED = 1,
+	CNT_MALFORMED = 2,
+	CNT_NO_SOCKET = 3,
+	CNT_MAX = 4,
+};
+
+struct steer_config {
+	__u32 local_ip; /* network byte order; 0 = any address */
+	__u32 enabled;  /* 0 while user space is still setting up */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+/* Indexed by destination port (host order): non-zero = chosen. An array,
+ * not a hash, because one lookup per packet must be as cheap as possible. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} chosen_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct steer_config);
+} steer SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &which);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int pass(void)
+{
+	count(CNT_PASSED);
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int turnstile_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return pass(); /* runt frame: the kernel drops it as it always did */
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return pass();
+
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end) {
+		count(CNT_MALFORMED);
+		return XDP_PASS;
+	}
+	if (ip->protocol != IPPROTO_TCP)
+		return pass();
+	/* Fragments stay with the kernel: it reassembles, we never do. */
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return pass();
+
+	struct steer_config *cfg = bpf_map_lookup_elem(&steer, &zero);
+	if (!cfg || !cfg->enabled)
+		return pass();
+	if (cfg->local_ip && ip->daddr != cfg->local_ip)
+		return pass();
+
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip)) {
+		count(CNT_MALFORMED);
+		return XDP_PASS;
+	}
+	/* Only the ports are needed here; user space checks the rest. */
+	__u16 *ports = (void *)ip + ihl;
+	if ((void *)(ports + 2) > data_end) {
+		count(CNT_MALFORMED);
+		return XDP_PASS;
+	}
+	__u32 dport = bpf_ntohs(ports[1]);
+	__u8 *chosen = bpf_map_lookup_elem(&chosen_ports, &dport);
+	if (!chosen || !*chosen)
+		return pass();
+
+	int action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	if (action == XDP_REDIRECT)
+		count(CNT_REDIRECTED);
+	else
+		count(CNT_NO_SOCKET);
+	return action;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,265 @@
+//! Loads the steering program, attaches it through a bpf_link, and fills its
+//! maps: the chosen ports, the local address and the per-queue AF_XDP sockets.
+
+mod skel;
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, libbpf_sys};
+
+use skel::TurnstileSkelBuilder;
+
+/// Number of XSKMAP slots (receive queues) the program can steer to.
+pub const MAX_QUEUES: u32 = 64;
+
+/// How the operator asked for the program to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic where the driver refuses.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// The mode the kernel actually accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl AttachedMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("interface {0:?} not found (check `ip link show`)")]
+    NoInterface(String),
+    #[error(
+        "permission denied loading the XDP program: run as root or grant CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK"
+    )]
+    Permission,
+    #[error("loading the XDP program failed: {0}")]
+    Load(String),
+    #[error(
+        "interface {iface:?} does not support {mode} XDP ({err}); try --xdp-mode generic, or auto to fall back"
+    )]
+    Unsupported {
+        iface: String,
+        mode: &'static str,
+        err: std::io::Error,
+    },
+    #[error(
+        "interface {iface:?} already has an XDP program attached (remove it with `ip link set dev {iface} xdp off`)"
+    )]
+    Busy { iface: String },
+    #[error("updating the XDP map {map} failed: {err}")]
+    Map { map: &'static str, err: String },
+}
+
+/// Counters kept per CPU by the program, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    pub redirected: u64,
+    pub passed: u64,
+    pub malformed: u64,
+    /// Matched a chosen port but arrived on a queue without a socket.
+    pub no_socket: u64,
+}
+
+/// The attached program. Dropping it closes the bpf_link, which detaches the
+/// program; the kernel does the same if the process dies, SIGKILL included.
+pub struct XdpProgram {
+    _link: OwnedFd,
+    mode: AttachedMode,
+    xsks: MapHandle,
+    chosen_ports: MapHandle,
+    steer: MapHandle,
+    counters: MapHandle,
+}
+
+/// Looks up an interface index, with the error the operator needs.
+pub fn ifindex(iface: &str) -> Result<u32, XdpError> {
+    let name = CString::new(iface).map_err(|_| XdpError::NoInterface(iface.to_string()))?;
+    // SAFETY: name is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        return Err(XdpError::NoInterface(iface.to_string()));
+    }
+    Ok(idx)
+}
+
+fn map_handle(map: &libbpf_rs::MapMut<'_>, name: &'static str) -> Result<MapHandle, XdpError> {
+    MapHandle::try_from(map).map_err(|e| XdpError::Map {
+        map: name,
+        err: e.to_string(),
+    })
+}
+
+fn is_permission(err: &libbpf_rs::Error) -> bool {
+    matches!(
+        err.kind(),
+        libbpf_rs::ErrorKind::PermissionDenied
+    ) || err.to_string().contains("Operation not permitted")
+}
+
+impl XdpProgram {
+    /// Loads the program and attaches it to `iface` in the requested mode.
+    /// Steering stays disabled until [`XdpProgram::enable`] is called, so no
+    /// packet is redirected before the sockets exist.
+    pub fn attach(iface: &str, mode: XdpMode) -> Result<Self, XdpError> {
+        let idx = ifindex(iface)?;
+        silence_libbpf();
+        let mut storage = MaybeUninit::uninit();
+        let open = TurnstileSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(|e| {
+                if is_permission(&e) {
+                    XdpError::Permission
+                } else {
+                    XdpError::Load(e.to_string())
+                }
+            })?;
+        let skel = open.load().map_err(|e| {
+            if is_permission(&e) {
+                XdpError::Permission
+            } else {
+                XdpError::Load(e.to_string())
+            }
+        })?;
+        let prog_fd = skel.progs.turnstile_steer.as_fd().as_raw_fd();
+        let (link, attached) = match mode {
+            XdpMode::Native => (link_create(prog_fd, idx, iface, AttachedMode::Native)?, AttachedMode::Native),
+            XdpMode::Generic => (link_create(prog_fd, idx, iface, AttachedMode::Generic)?, AttachedMode::Generic),
+            XdpMode::Auto => match link_create(prog_fd, idx, iface, AttachedMode::Native) {
+                Ok(l) => (l, AttachedMode::Native),
+                Err(XdpError::Unsupported { err, .. }) => {
+                    tracing::warn!(iface, %err, "native XDP refused by the driver; falling back to generic mode");
+                    eprintln!("note: {iface}: native XDP refused ({err}); using generic mode");
+                    (link_create(prog_fd, idx, iface, AttachedMode::Generic)?, AttachedMode::Generic)
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        // The maps are kept through their own fds; the link keeps the
+        // program alive, so the skeleton itself can go.
+        Ok(XdpProgram {
+            _link: link,
+            mode: attached,
+            xsks: map_handle(&skel.maps.xsks, "xsks")?,
+            chosen_ports: map_handle(&skel.maps.chosen_ports, "chosen_ports")?,
+            steer: map_handle(&skel.maps.steer, "steer")?,
+            counters: map_handle(&skel.maps.counters, "counters")?,
+        })
+    }
+
+    pub fn mode(&self) -> AttachedMode {
+        self.mode
+    }
+
+    /// Marks `ports` as steered to AF_XDP.
+    pub fn choose_ports(&self, ports: &[u16]) -> Result<(), XdpError> {
+        for &port in ports {
+            let key = u32::from(port).to_ne_bytes();
+            self.chosen_ports
+                .update(&key, &[1u8], MapFlags::ANY)
+                .map_err(|e| XdpError::Map {
+                    map: "chosen_ports",
+                    err: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Registers the AF_XDP socket of receive queue `queue`.
+    pub fn register_socket(&self, queue: u32, fd: RawFd) -> Result<(), XdpError> {
+        let key = queue.to_ne_bytes();
+        let val = (fd as u32).to_ne_bytes();
+        self.xsks
+            .update(&key, &val, MapFlags::ANY)
+            .map_err(|e| XdpError::Map {
+                map: "xsks",
+                err: e.to_string(),
+            })
+    }
+
+    /// Starts steering; `local_ip` restricts it to one destination address.
+    pub fn enable(&self, local_ip: Option<Ipv4Addr>) -> Result<(), XdpError> {
+        let ip = local_ip.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0);
+        let mut val = [0u8; 8];
+        val[..4].copy_from_slice(&ip.to_ne_bytes());
+        val[4..].copy_from_slice(&1u32.to_ne_bytes());
+        self.steer
+            .update(&0u32.to_ne_bytes(), &val, MapFlags::ANY)
+            .map_err(|e| XdpError::Map {
+                map: "steer",
+                err: e.to_string(),
+            })
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> XdpCounters {
+        let read = |idx: u32| -> u64 {
+            match self.counters.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY) {
+                Ok(Some(per_cpu)) => per_cpu
+                    .iter()
+                    .filter_map(|v| v.get(..8))
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                    .sum(),
+                _ => 0,
+            }
+        };
+        XdpCounters {
+            redirected: read(0),
+            passed: read(1),
+            malformed: read(2),
+            no_socket: read(3),
+        }
+    }
+}
+
+fn link_create(prog_fd: RawFd, ifindex: u32, iface: &str, mode: AttachedMode) -> Result<OwnedFd, XdpError> {
+    // XDP_FLAGS_DRV_MODE = 4, XDP_FLAGS_SKB_MODE = 2 (linux/if_link.h).
+    let flags = match mode {
+        AttachedMode::Native => 4,
+        AttachedMode::Generic => 2,
+    };
+    // SAFETY: bpf_link_create_opts is plain data; zeroed is its documented default.
+    let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
+    opts.flags = flags;
+    // SAFETY: prog_fd is a loaded XDP program; opts lives across the call.
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
+    if fd < 0 {
+        let err = std::io::Error::from_raw_os_error(-fd);
+        return Err(match -fd {
+            libc::EBUSY | libc::EEXIST => XdpError::Busy { iface: iface.to_string() },
+            libc::EPERM | libc::EACCES => XdpError::Permission,
+            _ => XdpError::Unsupported {
+                iface: iface.to_string(),
+                mode: mode.as_str(),
+                err,
+            },
+        });
+    }
+    // SAFETY: bpf_link_create returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// libbpf prints its own multi-line diagnostics to stderr; route them to
+/// tracing at debug level so the operator sees one clear line from us.
+fn silence_libbpf() {
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, |_level, msg| {
+        tracing::debug!(target: "libbpf", "{}", msg.trim_end());
+    })));
+}
