@@ -1,0 +1,111 @@
+//! Tunables of one endpoint.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Configuration of an [`Endpoint`](super::Endpoint). `Default` gives Linux-like behaviour.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Our MSS (advertised in SYNs; 1460 = 1500-byte MTU minus 40 bytes of headers).
+    pub mss: u16,
+    /// Receive buffer per connection, bytes (bounds the advertised window).
+    pub recv_buffer: usize,
+    /// Send buffer per connection, bytes (bounds what `send` accepts).
+    pub send_buffer: usize,
+    /// Our window-scale shift (RFC 7323 2). Raised to what `recv_buffer` needs;
+    /// 7 like Linux by default. Clamped to 14.
+    pub window_scale: u8,
+    /// Offer and accept RFC 7323 timestamps (needed for PAWS and active TIME_WAIT reuse).
+    pub timestamps: bool,
+    /// Offer and accept SACK-permitted (RFC 2018). Off by default: the engine neither
+    /// sends nor uses SACK blocks, and a Linux sender that negotiated SACK counts
+    /// losses from SACK blocks rather than plain duplicate ACKs, so claiming SACK
+    /// would slow its loss recovery towards us.
+    pub sack_permitted: bool,
+    /// Delayed-ACK timeout (RFC 1122 4.2.3.2 allows up to 500 ms; RFC 9293 3.8.6.3).
+    /// 40 ms is Linux's minimum delayed-ACK time: short enough not to stall
+    /// request/response traffic, long enough to piggyback ACKs on replies. An ACK is
+    /// sent at once for every second full-sized segment, for out-of-order data and
+    /// for a FIN regardless. `None` ACKs every segment immediately.
+    pub delayed_ack: Option<Duration>,
+    /// Nagle's algorithm (RFC 9293 3.7.4). Off: request/response latency matters more here.
+    pub nagle: bool,
+    /// Maximum segment lifetime; TIME_WAIT lasts 2 MSL.
+    pub msl: Duration,
+    /// Bound on TIME_WAIT entries; when full, the oldest is dropped early (counted).
+    pub max_time_wait: usize,
+    /// Per listener: connections in SYN_RECEIVED.
+    pub syn_backlog: usize,
+    /// Per listener: completed connections whose `Accepted` event the application has
+    /// not yet taken with `poll_event`. When full, the handshake's final ACK is dropped
+    /// (the peer retransmits; counted in `accept_queue_overflow`).
+    pub accept_backlog: usize,
+    /// Answer SYNs with SYN cookies when the SYN queue is full (else drop them).
+    pub syn_cookies: bool,
+    /// RFC 6298 2.4 says 1 s minimum; we follow Linux's 200 ms (a datacenter-friendly
+    /// lower bound, RFC 6298 allows it as a deliberate choice).
+    pub rto_min: Duration,
+    /// RFC 6298 2.5: at least 60 s.
+    pub rto_max: Duration,
+    /// RFC 6298 2.1: 1 s.
+    pub rto_initial: Duration,
+    /// Retransmissions of data or FIN before the connection times out (Linux tcp_retries2 = 15).
+    pub max_retries: u8,
+    /// Retransmissions of SYN or SYN+ACK (Linux tcp_syn_retries = 6).
+    pub max_syn_retries: u8,
+    /// Local ports for active opens.
+    pub port_range: RangeInclusive<u16>,
+    /// Reuse a TIME_WAIT tuple for an active open when no port is free and it is safe.
+    pub reuse: bool,
+    /// Minimum age of a TIME_WAIT entry before its tuple may be reused by an active open.
+    pub reuse_delay: Duration,
+    /// RFC 5961 7: challenge ACKs per second, per connection (and once more for the
+    /// stateless replies of TIME_WAIT entries, shared by them).
+    pub challenge_ack_limit: u32,
+    /// Orphaned FIN_WAIT_2 (application closed, peer never sends its FIN) lasts this
+    /// long (Linux tcp_fin_timeout = 60 s).
+    pub fin_wait2_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mss: 1460,
+            recv_buffer: 64 * 1024,
+            send_buffer: 64 * 1024,
+            window_scale: 7,
+            timestamps: true,
+            sack_permitted: false,
+            delayed_ack: Some(Duration::from_millis(40)),
+            nagle: false,
+            msl: Duration::from_secs(30),
+            max_time_wait: 262_144,
+            syn_backlog: 1024,
+            accept_backlog: 1024,
+            syn_cookies: true,
+            rto_min: Duration::from_millis(200),
+            rto_max: Duration::from_secs(60),
+            rto_initial: Duration::from_secs(1),
+            max_retries: 15,
+            max_syn_retries: 6,
+            port_range: 32768..=60999,
+            reuse: true,
+            reuse_delay: Duration::from_secs(1),
+            challenge_ack_limit: 10,
+            fin_wait2_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// The window-scale shift actually offered: at least what `recv_buffer` needs
+    /// to be advertised in 16 bits, at most 14 (RFC 7323 2.3).
+    #[allow(dead_code)] // used by the engine, next commit
+    pub(crate) fn effective_window_scale(&self) -> u8 {
+        let mut needed = 0u8;
+        while needed < 14 && (self.recv_buffer >> needed) > 0xffff {
+            needed += 1;
+        }
+        self.window_scale.max(needed).min(14)
+    }
+}

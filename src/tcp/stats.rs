@@ -1,0 +1,49 @@
+//! Counters of one endpoint (one shard), read by metrics.
+
+/// Monotonic counters. Plain `u64`s: an endpoint is owned by one shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Passive opens completed (Accepted events).
+    pub accepted: u64,
+    /// Active opens started (connect calls that returned an id).
+    pub opened: u64,
+    /// Active opens completed (Connected events).
+    pub connected: u64,
+    pub connect_no_port: u64,
+    pub connect_timeout: u64,
+    pub connect_refused: u64,
+    /// Established connections that timed out (data or FIN retransmissions exhausted).
+    pub timeouts: u64,
+    pub time_wait_entered: u64,
+    pub time_wait_expired: u64,
+    /// TIME_WAIT entries dropped before 2MSL because `max_time_wait` was reached.
+    pub time_wait_dropped_early: u64,
+    pub time_wait_recycled_passive: u64,
+    pub time_wait_recycled_active: u64,
+    /// Retransmitted FINs answered from a TIME_WAIT entry.
+    pub time_wait_fin_reacked: u64,
+    pub segments_received: u64,
+    pub segments_sent: u64,
+    pub retransmits: u64,
+    pub fast_retransmits: u64,
+    pub rto_expirations: u64,
+    pub rst_sent: u64,
+    pub rst_received: u64,
+    pub challenge_acks: u64,
+    pub challenge_acks_suppressed: u64,
+    pub syn_cookies_sent: u64,
+    pub syn_cookies_accepted: u64,
+    pub syn_cookies_rejected: u64,
+    pub syn_queue_overflow: u64,
+    pub accept_queue_overflow: u64,
+    /// Segments dropped, by reason.
+    pub dropped_segments: u64,
+    pub drop_malformed: u64,
+    pub drop_paws: u64,
+    pub drop_out_of_window: u64,
+    pub drop_bad_ack: u64,
+    pub drop_no_listener: u64,
+    pub drop_time_wait: u64,
+    pub drop_out_of_order_full: u64,
+    pub drop_control_queue_full: u64,
+}
