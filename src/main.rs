@@ -15,7 +15,11 @@ use turnstile::xdp::XdpMode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "turnstile", version, about = "Kernel-bypass TCP on AF_XDP with safe TIME_WAIT recycling")]
+#[command(
+    name = "turnstile",
+    version,
+    about = "Kernel-bypass TCP on AF_XDP with safe TIME_WAIT recycling"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +78,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
@@ -121,7 +130,9 @@ fn main() -> ExitCode {
 
 fn serve(opts: ServeOptions, app: Option<AppKind>, _msl_ms: u64) -> anyhow::Result<()> {
     if let Some(app) = app {
-        anyhow::bail!("--app {app:?}: the apps are not built yet; omit --app to refuse every connection");
+        anyhow::bail!(
+            "--app {app:?}: the apps are not built yet; omit --app to refuse every connection"
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -92,15 +92,38 @@ impl Registry {
             }
         };
         let s = |pick: fn(&ShardMetrics) -> &AtomicU64| self.sum(pick);
-        metric("turnstile_connections_established", "gauge", "Connections in ESTABLISHED or later synchronized states.", &[("", s(|m| &m.established))]);
-        metric("turnstile_time_wait", "gauge", "Current TIME_WAIT entries.", &[("", s(|m| &m.time_wait))]);
-        metric("turnstile_connections_accepted_total", "counter", "Passive opens completed.", &[("", s(|m| &m.accepted))]);
-        metric("turnstile_connections_opened_total", "counter", "Active opens started.", &[("", s(|m| &m.opened))]);
+        metric(
+            "turnstile_connections_established",
+            "gauge",
+            "Connections in ESTABLISHED or later synchronized states.",
+            &[("", s(|m| &m.established))],
+        );
+        metric(
+            "turnstile_time_wait",
+            "gauge",
+            "Current TIME_WAIT entries.",
+            &[("", s(|m| &m.time_wait))],
+        );
+        metric(
+            "turnstile_connections_accepted_total",
+            "counter",
+            "Passive opens completed.",
+            &[("", s(|m| &m.accepted))],
+        );
+        metric(
+            "turnstile_connections_opened_total",
+            "counter",
+            "Active opens started.",
+            &[("", s(|m| &m.opened))],
+        );
         metric(
             "turnstile_time_wait_recycled_total",
             "counter",
             "TIME_WAIT entries taken over safely by a new connection.",
-            &[("side=\"passive\"", s(|m| &m.recycled_passive)), ("side=\"active\"", s(|m| &m.recycled_active))],
+            &[
+                ("side=\"passive\"", s(|m| &m.recycled_passive)),
+                ("side=\"active\"", s(|m| &m.recycled_active)),
+            ],
         );
         metric(
             "turnstile_connect_failures_total",
@@ -112,16 +135,37 @@ impl Registry {
                 ("reason=\"refused\"", s(|m| &m.connect_refused)),
             ],
         );
-        metric("turnstile_rx_packets_total", "counter", "Frames received on AF_XDP sockets.", &[("", s(|m| &m.rx_packets))]);
-        metric("turnstile_tx_packets_total", "counter", "Frames sent on AF_XDP sockets.", &[("", s(|m| &m.tx_packets))]);
+        metric(
+            "turnstile_rx_packets_total",
+            "counter",
+            "Frames received on AF_XDP sockets.",
+            &[("", s(|m| &m.rx_packets))],
+        );
+        metric(
+            "turnstile_tx_packets_total",
+            "counter",
+            "Frames sent on AF_XDP sockets.",
+            &[("", s(|m| &m.tx_packets))],
+        );
         let per_shard: Vec<(String, u64)> = self
             .shards
             .iter()
             .enumerate()
-            .map(|(i, m)| (format!("shard=\"{i}\""), m.rx_packets.load(Ordering::Relaxed)))
+            .map(|(i, m)| {
+                (
+                    format!("shard=\"{i}\""),
+                    m.rx_packets.load(Ordering::Relaxed),
+                )
+            })
             .collect();
-        let per_shard_ref: Vec<(&str, u64)> = per_shard.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric("turnstile_shard_rx_packets_total", "counter", "Frames received, per shard (queue).", &per_shard_ref);
+        let per_shard_ref: Vec<(&str, u64)> =
+            per_shard.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "turnstile_shard_rx_packets_total",
+            "counter",
+            "Frames received, per shard (queue).",
+            &per_shard_ref,
+        );
 
         let mut dropped: Vec<(String, u64)> = DropReason::LABELS
             .iter()
@@ -140,12 +184,42 @@ impl Registry {
         dropped.push(("reason=\"not_local\"".into(), s(|m| &m.rx_not_local)));
         dropped.push(("reason=\"tcp\"".into(), s(|m| &m.rx_engine_dropped)));
         let dropped_ref: Vec<(&str, u64)> = dropped.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric("turnstile_rx_dropped_total", "counter", "Received frames dropped, by reason.", &dropped_ref);
-        metric("turnstile_tx_dropped_total", "counter", "Frames not sent, by reason.", &[("reason=\"no_frame\"", s(|m| &m.tx_no_frame))]);
-        metric("turnstile_handoff_total", "counter", "Packets moved between shards.", &[("", s(|m| &m.handoff))]);
-        metric("turnstile_rst_sent_total", "counter", "RST segments sent.", &[("", s(|m| &m.rst_sent))]);
-        metric("turnstile_retransmits_total", "counter", "Segments retransmitted.", &[("", s(|m| &m.retransmits))]);
-        metric("turnstile_challenge_acks_total", "counter", "RFC 5961 challenge ACKs sent.", &[("", s(|m| &m.challenge_acks))]);
+        metric(
+            "turnstile_rx_dropped_total",
+            "counter",
+            "Received frames dropped, by reason.",
+            &dropped_ref,
+        );
+        metric(
+            "turnstile_tx_dropped_total",
+            "counter",
+            "Frames not sent, by reason.",
+            &[("reason=\"no_frame\"", s(|m| &m.tx_no_frame))],
+        );
+        metric(
+            "turnstile_handoff_total",
+            "counter",
+            "Packets moved between shards.",
+            &[("", s(|m| &m.handoff))],
+        );
+        metric(
+            "turnstile_rst_sent_total",
+            "counter",
+            "RST segments sent.",
+            &[("", s(|m| &m.rst_sent))],
+        );
+        metric(
+            "turnstile_retransmits_total",
+            "counter",
+            "Segments retransmitted.",
+            &[("", s(|m| &m.retransmits))],
+        );
+        metric(
+            "turnstile_challenge_acks_total",
+            "counter",
+            "RFC 5961 challenge ACKs sent.",
+            &[("", s(|m| &m.challenge_acks))],
+        );
         if let Some(xdp) = &self.xdp {
             let c = xdp();
             metric(
@@ -165,7 +239,11 @@ impl Registry {
 }
 
 /// Serves `GET /metrics` on `addr` from a management thread until `stop`.
-pub fn serve(addr: SocketAddr, registry: Registry, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
@@ -217,12 +295,10 @@ fn answer(mut stream: TcpStream, registry: &Registry) {
 
 /// Reads one sample (`name{labels} value` or `name value`) from an exposition.
 pub fn sample(text: &str, name_and_labels: &str) -> Option<u64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name_and_labels).then(|| v.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name_and_labels).then(|| v.parse().ok())?
+    })
 }
 
 #[cfg(test)]
@@ -245,10 +321,25 @@ mod tests {
         };
         let text = reg.render();
         assert_eq!(sample(&text, "turnstile_rx_packets_total"), Some(7));
-        assert_eq!(sample(&text, "turnstile_rx_dropped_total{reason=\"bad_checksum\"}"), Some(2));
-        assert_eq!(sample(&text, "turnstile_rx_dropped_total{reason=\"malformed\"}"), Some(1));
-        assert_eq!(sample(&text, "turnstile_time_wait_recycled_total{side=\"active\"}"), Some(9));
-        assert_eq!(sample(&text, "turnstile_time_wait_recycled_total{side=\"passive\"}"), Some(0));
+        assert_eq!(
+            sample(&text, "turnstile_rx_dropped_total{reason=\"bad_checksum\"}"),
+            Some(2)
+        );
+        assert_eq!(
+            sample(&text, "turnstile_rx_dropped_total{reason=\"malformed\"}"),
+            Some(1)
+        );
+        assert_eq!(
+            sample(&text, "turnstile_time_wait_recycled_total{side=\"active\"}"),
+            Some(9)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "turnstile_time_wait_recycled_total{side=\"passive\"}"
+            ),
+            Some(0)
+        );
         assert_eq!(sample(&text, "turnstile_time_wait"), Some(0));
     }
 }

@@ -29,8 +29,14 @@ pub enum StartError {
     Xdp(#[from] XdpError),
     #[error(transparent)]
     Xsk(#[from] XskError),
-    #[error("--queues {asked} is more than the {have} receive queues of {iface} (see `ethtool -l {iface}`)")]
-    TooManyQueues { asked: u32, have: u32, iface: String },
+    #[error(
+        "--queues {asked} is more than the {have} receive queues of {iface} (see `ethtool -l {iface}`)"
+    )]
+    TooManyQueues {
+        asked: u32,
+        have: u32,
+        iface: String,
+    },
     #[error("--queues must be at least 1")]
     NoQueues,
     #[error("no --port given: name at least one TCP port to steer")]
@@ -38,7 +44,10 @@ pub enum StartError {
     #[error("port 0 cannot be steered: ports are 1-65535")]
     PortZero,
     #[error("cannot serve metrics on {addr}: {err}")]
-    Metrics { addr: SocketAddr, err: std::io::Error },
+    Metrics {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
     #[error("could not start a shard thread: {0}")]
     Thread(std::io::Error),
 }

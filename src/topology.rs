@@ -131,8 +131,23 @@ impl Topology {
         run(&["ip", "netns", "add", &s.netns])?;
         run(&["ip", "netns", "add", &c.netns])?;
         run(&[
-            "ip", "link", "add", &s.dev, "numtxqueues", &q, "numrxqueues", &q, "type", "veth",
-            "peer", "name", &c.dev, "numtxqueues", &q, "numrxqueues", &q,
+            "ip",
+            "link",
+            "add",
+            &s.dev,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &c.dev,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
         run(&["ip", "link", "set", &s.dev, "netns", &s.netns])?;
         run(&["ip", "link", "set", &c.dev, "netns", &c.netns])?;
@@ -152,14 +167,22 @@ impl Topology {
     }
 
     /// Starts `program args...` in the server namespace; it is killed on drop.
-    pub fn spawn_server(&mut self, program: &str, args: &[&str]) -> Result<&mut Child, TopologyError> {
+    pub fn spawn_server(
+        &mut self,
+        program: &str,
+        args: &[&str],
+    ) -> Result<&mut Child, TopologyError> {
         let mut cmd = self.server.command(program);
         cmd.args(args).stdin(Stdio::null());
         self.spawn(cmd, program)
     }
 
     /// Starts a process in the client namespace; it is killed on drop.
-    pub fn spawn_client(&mut self, program: &str, args: &[&str]) -> Result<&mut Child, TopologyError> {
+    pub fn spawn_client(
+        &mut self,
+        program: &str,
+        args: &[&str],
+    ) -> Result<&mut Child, TopologyError> {
         let mut cmd = self.client.command(program);
         cmd.args(args).stdin(Stdio::null());
         self.spawn(cmd, program)
@@ -202,7 +225,11 @@ impl Drop for Topology {
                 });
         }
         // Deleting a namespace destroys the veth end inside it, and its peer.
-        let _ = Command::new("ip").args(["netns", "del", &self.server.netns]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.client.netns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.server.netns])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client.netns])
+            .output();
     }
 }

@@ -16,7 +16,11 @@ fn pcap_frames(bytes: &[u8]) -> Vec<&[u8]> {
     let le = bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
     let u32_at = |b: &[u8], i: usize| {
         let w: [u8; 4] = b[i..i + 4].try_into().unwrap();
-        if le { u32::from_le_bytes(w) } else { u32::from_be_bytes(w) }
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
     };
     let mut frames = Vec::new();
     let mut at = 24;
@@ -45,7 +49,10 @@ fn refused_a_thousand_times_while_the_kernel_keeps_the_rest() {
         &["-i", &dev, "-U", "-s", "128", "-w", &pcap, "tcp port 7000"],
     )
     .expect("tcpdump");
-    let (line, _) = start_serve(&mut topo, &["--port", &PORT.to_string(), "--metrics", "127.0.0.1:9901"]);
+    let (line, _) = start_serve(
+        &mut topo,
+        &["--port", &PORT.to_string(), "--metrics", "127.0.0.1:9901"],
+    );
     assert!(line.contains("ports=7000"), "{line}");
     std::thread::sleep(Duration::from_millis(500)); // tcpdump attaches
 
@@ -78,12 +85,17 @@ print(refused, worst, other[:3])
     assert!(worst < 0.1, "slowest refusal took {worst} s: {out}");
 
     // A kernel listener on a port that is not chosen, same address, accepts.
-    topo.spawn_server("python3", &["-m", "http.server", "7001", "--bind", &ip.to_string()])
-        .expect("python http.server");
+    topo.spawn_server(
+        "python3",
+        &["-m", "http.server", "7001", "--bind", &ip.to_string()],
+    )
+    .expect("python http.server");
     assert!(
         eventually(Duration::from_secs(10), || topo
             .client
-            .sh(&format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://{ip}:7001/"))
+            .sh(&format!(
+                "curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://{ip}:7001/"
+            ))
             .map(|o| String::from_utf8_lossy(&o.stdout) == "200")
             .unwrap_or(false)),
         "the kernel's own port must still answer"
@@ -109,11 +121,18 @@ print(refused, worst, other[:3])
         if p.tcp.flags == TcpFlags::SYN {
             syns.insert(p.tcp.src_port, p.tcp.seq);
         } else if p.tcp.flags.contains(TcpFlags::RST) {
-            let syn_seq = syns.get(&p.tcp.dst_port).copied().expect("RST answers a SYN seen before it");
+            let syn_seq = syns
+                .get(&p.tcp.dst_port)
+                .copied()
+                .expect("RST answers a SYN seen before it");
             assert_eq!(p.tcp.flags, TcpFlags::RST | TcpFlags::ACK);
             assert_eq!(p.tcp.src_port, PORT);
             assert_eq!(p.tcp.seq, 0, "no ACK in the SYN: SEQ=0");
-            assert_eq!(p.tcp.ack, syn_seq.wrapping_add(1), "ACK = SEG.SEQ + SEG.LEN (SYN counts 1)");
+            assert_eq!(
+                p.tcp.ack,
+                syn_seq.wrapping_add(1),
+                "ACK = SEG.SEQ + SEG.LEN (SYN counts 1)"
+            );
             assert_eq!(p.meta.src_ip, ip);
             assert_eq!(p.meta.dst_ip, topo.client.ip);
             assert!(p.payload.is_empty());
@@ -154,13 +173,17 @@ fn sigterm_detaches_and_exits_zero() {
     if !need_root() {
         return;
     }
-    let mut topo = Topology::new(TopologyConfig::default()).expect("topology");
+    let topo = Topology::new(TopologyConfig::default()).expect("topology");
     let mut cmd = topo.server.command(BIN);
     cmd.args(["serve", "--iface", &topo.server.dev, "--port", "7000"])
         .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert!(line.starts_with("listening "));
     // SAFETY: plain kill(2) of the child we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -186,9 +209,15 @@ fn two_queues_both_get_a_socket_and_answer() {
         return;
     }
     let mut topo = Topology::new(TopologyConfig { queues: 2 }).expect("topology");
-    let (line, _) = start_serve(&mut topo, &["--port", "7000", "--metrics", "127.0.0.1:9902"]);
+    let (line, _) = start_serve(
+        &mut topo,
+        &["--port", "7000", "--metrics", "127.0.0.1:9902"],
+    );
     assert!(line.contains("queues=2"), "{line}");
-    assert!(line.contains("mode=native"), "veth takes native XDP: {line}");
+    assert!(
+        line.contains("mode=native"),
+        "veth takes native XDP: {line}"
+    );
     let ip = topo.server.ip;
     let out = client_python(
         &topo,
@@ -221,10 +250,15 @@ fn malformed_frames_are_counted_and_never_answered() {
         return;
     }
     let mut topo = Topology::new(TopologyConfig::default()).expect("topology");
-    let (_, pid) = start_serve(&mut topo, &["--port", "7000", "--metrics", "127.0.0.1:9903"]);
+    let (_, pid) = start_serve(
+        &mut topo,
+        &["--port", "7000", "--metrics", "127.0.0.1:9903"],
+    );
     // Learn the server's MAC from the kernel's neighbour table.
     let ip = topo.server.ip;
-    topo.client.sh_ok(&format!("ping -c 1 -W 2 {ip}")).expect("ping");
+    topo.client
+        .sh_ok(&format!("ping -c 1 -W 2 {ip}"))
+        .expect("ping");
     let mac = topo
         .server
         .sh_ok(&format!("cat /sys/class/net/{}/address", topo.server.dev))
@@ -290,16 +324,33 @@ print(sent)
             - metric_sum(&before, "turnstile_rx_dropped_total");
         dropped >= 10_000
     });
-    let dropped = metric_sum(&after, "turnstile_rx_dropped_total") - metric_sum(&before, "turnstile_rx_dropped_total");
-    assert!(counted, "10,000 bad frames, {dropped} counted as dropped:\n{after}");
-    assert_eq!(dropped, 10_000, "each bad frame is counted exactly once:\n{after}");
-    assert_eq!(metric(&after, "turnstile_tx_packets_total"), tx_before, "no bad frame is answered");
+    let dropped = metric_sum(&after, "turnstile_rx_dropped_total")
+        - metric_sum(&before, "turnstile_rx_dropped_total");
+    assert!(
+        counted,
+        "10,000 bad frames, {dropped} counted as dropped:\n{after}"
+    );
+    assert_eq!(
+        dropped, 10_000,
+        "each bad frame is counted exactly once:\n{after}"
+    );
+    assert_eq!(
+        metric(&after, "turnstile_tx_packets_total"),
+        tx_before,
+        "no bad frame is answered"
+    );
     // Still alive and still answering.
     // SAFETY: signal 0 only checks that the process exists.
-    assert_eq!(unsafe { libc::kill(pid as i32, 0) }, 0, "turnstile must not crash");
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, 0) },
+        0,
+        "turnstile must not crash"
+    );
     let out = client_python(
         &topo,
-        &format!("import socket\ns=socket.socket(); s.settimeout(2)\ntry:\n    s.connect(('{ip}', 7000))\nexcept ConnectionRefusedError:\n    print('refused')\n"),
+        &format!(
+            "import socket\ns=socket.socket(); s.settimeout(2)\ntry:\n    s.connect(('{ip}', 7000))\nexcept ConnectionRefusedError:\n    print('refused')\n"
+        ),
     );
     assert_eq!(out.trim(), "refused");
 }

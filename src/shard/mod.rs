@@ -27,10 +27,10 @@ const SPIN_BEFORE_SLEEP: u32 = 256;
 
 impl Shard {
     pub fn run(mut self) {
-        if let Some(core) = self.core {
-            if !core_affinity::set_for_current(core) {
-                tracing::warn!(shard = self.id, ?core, "could not pin shard thread");
-            }
+        if let Some(core) = self.core
+            && !core_affinity::set_for_current(core)
+        {
+            tracing::warn!(shard = self.id, ?core, "could not pin shard thread");
         }
         let mut idle = 0u32;
         let mut last_stats = Instant::now();
@@ -66,28 +66,25 @@ impl Shard {
         // collect the few fields a reply needs first; no allocation.
         let mut replies = [None::<(FrameMeta, wire::TcpRepr)>; 64];
         let mut n_replies = 0;
-        let got = xsk.recv_batch(|frame| {
-            match wire::parse_frame(frame) {
-                Err(reason) => metrics.dropped(reason),
-                Ok(p) => {
-                    if p.meta.dst_ip != *local_ip {
-                        ShardMetrics::add(&metrics.rx_not_local, 1);
-                    } else if let Some(reply) = closed_port_reply(&p, *local_mac) {
-                        if n_replies < replies.len() {
-                            replies[n_replies] = Some(reply);
-                            n_replies += 1;
-                        }
-                    } else {
-                        ShardMetrics::add(&metrics.rx_rst_closed, 1);
+        let got = xsk.recv_batch(|frame| match wire::parse_frame(frame) {
+            Err(reason) => metrics.dropped(reason),
+            Ok(p) => {
+                if p.meta.dst_ip != *local_ip {
+                    ShardMetrics::add(&metrics.rx_not_local, 1);
+                } else if let Some(reply) = closed_port_reply(&p, *local_mac) {
+                    if n_replies < replies.len() {
+                        replies[n_replies] = Some(reply);
+                        n_replies += 1;
                     }
+                } else {
+                    ShardMetrics::add(&metrics.rx_rst_closed, 1);
                 }
             }
         });
         ShardMetrics::add(&metrics.rx_packets, got as u64);
         for (meta, tcp) in replies[..n_replies].iter().flatten() {
-            let sent = xsk.send_with(|buf| {
-                wire::build_frame(buf, meta, tcp, MAX_HEADER_LEN, 0).ok()
-            });
+            let sent =
+                xsk.send_with(|buf| wire::build_frame(buf, meta, tcp, MAX_HEADER_LEN, 0).ok());
             if sent {
                 ShardMetrics::add(&metrics.rst_sent, 1);
             } else {
@@ -109,7 +106,10 @@ impl Shard {
 }
 
 /// The RST a closed port owes (RFC 9293 3.10.7.1), with addresses swapped.
-fn closed_port_reply(p: &ParsedFrame<'_>, local_mac: [u8; 6]) -> Option<(FrameMeta, wire::TcpRepr)> {
+fn closed_port_reply(
+    p: &ParsedFrame<'_>,
+    local_mac: [u8; 6],
+) -> Option<(FrameMeta, wire::TcpRepr)> {
     if p.tcp.flags.contains(TcpFlags::RST) {
         return None;
     }

@@ -107,10 +107,8 @@ fn map_handle(map: &libbpf_rs::MapMut<'_>, name: &'static str) -> Result<MapHand
 }
 
 fn is_permission(err: &libbpf_rs::Error) -> bool {
-    matches!(
-        err.kind(),
-        libbpf_rs::ErrorKind::PermissionDenied
-    ) || err.to_string().contains("Operation not permitted")
+    matches!(err.kind(), libbpf_rs::ErrorKind::PermissionDenied)
+        || err.to_string().contains("Operation not permitted")
 }
 
 impl XdpProgram {
@@ -139,14 +137,23 @@ impl XdpProgram {
         })?;
         let prog_fd = skel.progs.turnstile_steer.as_fd().as_raw_fd();
         let (link, attached) = match mode {
-            XdpMode::Native => (link_create(prog_fd, idx, iface, AttachedMode::Native)?, AttachedMode::Native),
-            XdpMode::Generic => (link_create(prog_fd, idx, iface, AttachedMode::Generic)?, AttachedMode::Generic),
+            XdpMode::Native => (
+                link_create(prog_fd, idx, iface, AttachedMode::Native)?,
+                AttachedMode::Native,
+            ),
+            XdpMode::Generic => (
+                link_create(prog_fd, idx, iface, AttachedMode::Generic)?,
+                AttachedMode::Generic,
+            ),
             XdpMode::Auto => match link_create(prog_fd, idx, iface, AttachedMode::Native) {
                 Ok(l) => (l, AttachedMode::Native),
                 Err(XdpError::Unsupported { err, .. }) => {
                     tracing::warn!(iface, %err, "native XDP refused by the driver; falling back to generic mode");
                     eprintln!("note: {iface}: native XDP refused ({err}); using generic mode");
-                    (link_create(prog_fd, idx, iface, AttachedMode::Generic)?, AttachedMode::Generic)
+                    (
+                        link_create(prog_fd, idx, iface, AttachedMode::Generic)?,
+                        AttachedMode::Generic,
+                    )
                 }
                 Err(e) => return Err(e),
             },
@@ -195,7 +202,9 @@ impl XdpProgram {
 
     /// Starts steering; `local_ip` restricts it to one destination address.
     pub fn enable(&self, local_ip: Option<Ipv4Addr>) -> Result<(), XdpError> {
-        let ip = local_ip.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0);
+        let ip = local_ip
+            .map(|ip| u32::from_ne_bytes(ip.octets()))
+            .unwrap_or(0);
         let mut val = [0u8; 8];
         val[..4].copy_from_slice(&ip.to_ne_bytes());
         val[4..].copy_from_slice(&1u32.to_ne_bytes());
@@ -210,7 +219,10 @@ impl XdpProgram {
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> XdpCounters {
         let read = |idx: u32| -> u64 {
-            match self.counters.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY) {
+            match self
+                .counters
+                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+            {
                 Ok(Some(per_cpu)) => per_cpu
                     .iter()
                     .filter_map(|v| v.get(..8))
@@ -228,7 +240,12 @@ impl XdpProgram {
     }
 }
 
-fn link_create(prog_fd: RawFd, ifindex: u32, iface: &str, mode: AttachedMode) -> Result<OwnedFd, XdpError> {
+fn link_create(
+    prog_fd: RawFd,
+    ifindex: u32,
+    iface: &str,
+    mode: AttachedMode,
+) -> Result<OwnedFd, XdpError> {
     // XDP_FLAGS_DRV_MODE = 4, XDP_FLAGS_SKB_MODE = 2 (linux/if_link.h).
     let flags = match mode {
         AttachedMode::Native => 4,
@@ -239,11 +256,14 @@ fn link_create(prog_fd: RawFd, ifindex: u32, iface: &str, mode: AttachedMode) ->
     opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
     opts.flags = flags;
     // SAFETY: prog_fd is a loaded XDP program; opts lives across the call.
-    let fd = unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
+    let fd =
+        unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
     if fd < 0 {
         let err = std::io::Error::from_raw_os_error(-fd);
         return Err(match -fd {
-            libc::EBUSY | libc::EEXIST => XdpError::Busy { iface: iface.to_string() },
+            libc::EBUSY | libc::EEXIST => XdpError::Busy {
+                iface: iface.to_string(),
+            },
             libc::EPERM | libc::EACCES => XdpError::Permission,
             _ => XdpError::Unsupported {
                 iface: iface.to_string(),

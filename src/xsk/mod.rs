@@ -107,7 +107,12 @@ impl XskSocket {
         let count = NonZeroU32::new(cfg.frame_count).ok_or_else(|| bad(&"frame_count is 0"))?;
         let (umem, mut frames) = Umem::new(umem_cfg, count, false).map_err(|e| XskError::Umem {
             queue,
-            err: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
+            err: format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
         })?;
         let sock_cfg = SocketConfig::builder()
             .rx_queue_size(ring)
@@ -124,7 +129,9 @@ impl XskSocket {
         // SAFETY: a fresh UMEM, bound once, with libxdp's own program load inhibited.
         let (tx, rx, rings) =
             unsafe { Socket::new(sock_cfg, &umem, &if_name, queue) }.map_err(|e| {
-                let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+                let detail = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
                 sock_err(&format!("{e} {detail}"))
             })?;
         let (mut fill, comp) = rings.ok_or_else(|| sock_err(&"no fill/completion ring"))?;
@@ -290,7 +297,13 @@ fn query_zerocopy(fd: RawFd) -> bool {
     let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
     // SAFETY: flags and len are valid for the kernel to write.
     let rc = unsafe {
-        libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&mut flags as *mut u32).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
     };
     rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
 }

@@ -57,11 +57,12 @@ fn wait_listening(child: &mut Child) -> String {
         Ok(line) if line.starts_with("listening ") => line.trim().to_string(),
         other => {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "turnstile did not print its listening line: {other:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            panic!("turnstile did not print its listening line: {other:?}; stderr: {stderr}");
         }
     }
 }
@@ -74,13 +75,17 @@ pub fn scrape(topo: &Topology, addr: &str) -> String {
 }
 
 pub fn metric(text: &str, name: &str) -> u64 {
-    turnstile::metrics::sample(text, name).unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+    turnstile::metrics::sample(text, name)
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
 }
 
 /// Sum of every sample of `name` whatever its labels.
 pub fn metric_sum(text: &str, name: &str) -> u64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum()
 }
