@@ -80,10 +80,14 @@ pub fn verify(acc: u64) -> bool {
 /// Incrementally updates a checksum field when one 16-bit word of the
 /// covered data changes from `old_word` to `new_word`.
 ///
-/// RFC 1624 section 3, eqn. 3: `HC' = ~(~HC + ~m + m')`. Eqn. 3 rather than
-/// RFC 1141's `HC' = HC + m - m'` because the latter can yield 0x0000 where a
-/// full recompute gives 0xFFFF (RFC 1624 section 4); eqn. 3 never produces
-/// -0 unless the data is all zero, matching a recompute.
+/// RFC 1624 section 3, eqn. 3: `HC' = ~(~HC + ~m + m')`, rather than RFC
+/// 1141's `HC' = HC + m - m'`, whose result can differ from a full recompute
+/// in the representation of zero (RFC 1624 sections 3 and 4). Eqn. 3 agrees
+/// with a recompute bit for bit, except when the data becomes all zeros (a
+/// recompute gives 0xFFFF, eqn. 3 gives 0x0000, the same number in one's
+/// complement), which no IPv4 or TCP header can be: both carry a version or a
+/// pseudo-header with non-zero addresses. Used to patch a field of a frame
+/// already built without summing its payload again.
 #[inline]
 pub fn update_checksum(old_csum: u16, old_word: u16, new_word: u16) -> u16 {
     let acc = u64::from(!old_csum) + u64::from(!old_word) + u64::from(new_word);

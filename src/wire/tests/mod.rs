@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use super::{FrameMeta, TcpFlags, TcpOptions, TcpRepr, Timestamps};
 
 mod captured;
+mod checksum;
 mod malformed;
 mod roundtrip;
 
