@@ -12,6 +12,7 @@ use super::{FrameMeta, TcpFlags, TcpOptions, TcpRepr, Timestamps};
 mod captured;
 mod checksum;
 mod malformed;
+mod props;
 mod roundtrip;
 
 pub(super) const META: FrameMeta = FrameMeta {
