@@ -8,6 +8,7 @@
 //! - [`ethernet`], [`ipv4`], [`tcp`]: checked views and header writers
 //! - [`options`]: TCP option parsing and Linux-layout emission
 //! - [`frame`]: [`parse_frame`] and [`build_frame`] for a whole frame
+//! - [`patch`]: in-place field edits with RFC 1624 checksum updates
 //! - [`drop_reason`]: why a received frame was dropped, with metric labels
 //!
 //! Nothing here allocates: views borrow the rx buffer, builders write into
@@ -21,6 +22,7 @@ pub mod ethernet;
 pub mod frame;
 pub mod ipv4;
 pub mod options;
+pub mod patch;
 pub mod tcp;
 
 #[cfg(test)]
@@ -32,6 +34,7 @@ pub use frame::{
     BuildError, MAX_HEADER_LEN, build_frame, frame_header_len, parse_frame, tcp_header_len,
 };
 pub use ipv4::IPV4_HEADER_LEN;
+pub use patch::TcpFrameMut;
 
 /// TCP control bits as they sit in byte 13 of the header.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -34,9 +34,12 @@ pub const MAX_OPTIONS_LEN: usize = 40;
 /// Parses the option bytes of a TCP header (between byte 20 and the data
 /// offset).
 ///
-/// A length byte < 2 (RFC 9293 3.1: a zero length would loop forever) or an
-/// option running past the header is `BadTcpOptions`. A known kind with the
-/// wrong length is ignored, as Linux's `tcp_parse_options` does, rather than
+/// A length byte < 2 or an option running past the header is
+/// `BadTcpOptions` and the segment is dropped. RFC 9293 section 3.1 (MUST-7)
+/// asks to be prepared for such "illegal option length (e.g., zero)" and
+/// suggests resetting; Linux's `tcp_parse_options` merely stops parsing. We
+/// drop: the header cannot be trusted, and a counted drop is visible. A known
+/// kind with the wrong length is ignored, as Linux ignores it, rather than
 /// failing the segment. A repeated option: the last one wins.
 pub fn parse(mut bytes: &[u8]) -> Result<TcpOptions, DropReason> {
     let mut opts = TcpOptions::default();
@@ -76,7 +79,7 @@ pub fn parse(mut bytes: &[u8]) -> Result<TcpOptions, DropReason> {
     Ok(opts)
 }
 
-/// Bytes [`write`] emits for `opts`; always a multiple of 4, at most 20.
+/// Bytes [`write()`] emits for `opts`; always a multiple of 4, at most 20.
 pub const fn len(opts: &TcpOptions) -> usize {
     let mut n = 0;
     if opts.mss.is_some() {
@@ -95,7 +98,7 @@ pub const fn len(opts: &TcpOptions) -> usize {
 }
 
 /// Writes `opts` at the start of `buf` in Linux's layout and returns the
-/// length (equal to [`len`]). Linux `tcp_options_write` (net/ipv4/tcp_output.c)
+/// length (equal to [`len()`]). Linux `tcp_options_write` (net/ipv4/tcp_output.c)
 /// emits, in this order and each 4-byte aligned without extra padding:
 ///
 /// ```text

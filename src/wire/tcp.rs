@@ -1,5 +1,5 @@
-//! TCP header (RFC 9293 section 3.1): a checked view for receive, a writer
-//! for transmit, and in-place field updates with incremental checksums.
+//! TCP header (RFC 9293 section 3.1): a checked view for receive and a
+//! writer for transmit. In-place edits of a built frame live in `patch`.
 
 use std::net::Ipv4Addr;
 

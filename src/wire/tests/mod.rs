@@ -3,6 +3,7 @@
 //! - `roundtrip`: build then parse, option layouts, payload moves
 //! - `checksum`: RFC 1071 differential and RFC 1624 incremental tests
 //! - `captured`: real frames captured from Linux
+//! - `patch`: in-place edits with incremental checksums equal a rebuild
 //! - `props`: property tests over generated headers and corruptions
 
 use std::net::Ipv4Addr;
@@ -10,7 +11,10 @@ use std::net::Ipv4Addr;
 use super::{FrameMeta, TcpFlags, TcpOptions, TcpRepr, Timestamps};
 
 mod captured;
+mod checksum;
 mod malformed;
+mod patch;
+mod props;
 mod roundtrip;
 
 pub(super) const META: FrameMeta = FrameMeta {
