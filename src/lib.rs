@@ -2,8 +2,11 @@
 //!
 //! Layers only look down: `wire` <- `tcp` <- `shard` <- `app` <- the binaries.
 
+pub mod app;
 pub mod iface;
 pub mod metrics;
+pub mod neigh;
+pub mod ports;
 pub mod runtime;
 pub mod shard;
 pub mod tcp;

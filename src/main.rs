@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use turnstile::runtime::{self, ServeOptions};
+use turnstile::app::App;
+use turnstile::app::discard::Discard;
+use turnstile::app::echo::Echo;
+use turnstile::app::http::Http;
+use turnstile::app::load::{Load, LoadConfig, LoadReport};
+use turnstile::runtime::{self, StackOptions};
 use turnstile::xdp::XdpMode;
 
 #[global_allocator]
@@ -57,6 +62,43 @@ enum Command {
         #[arg(long)]
         metrics: Option<SocketAddr>,
     },
+    /// Open short HTTP connections to a server through turnstile's own active
+    /// opens (a load generator; prints one JSON summary line).
+    Load {
+        #[arg(long)]
+        iface: String,
+        /// The server, IP:PORT.
+        #[arg(long)]
+        target: std::net::SocketAddrV4,
+        /// Connections in all.
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        /// Connections open at once (across all shards).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Local ports for the connections, LO-HI (steered to turnstile).
+        #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
+        local_ports: std::ops::RangeInclusive<u16>,
+        /// Forbid reusing TIME_WAIT tuples (connections fail with no_port instead).
+        #[arg(long)]
+        no_reuse: bool,
+        #[arg(long, default_value_t = 1000)]
+        reuse_delay_ms: u64,
+        #[arg(long, default_value_t = 30_000)]
+        msl_ms: u64,
+        /// Body every response must carry (checked byte for byte).
+        #[arg(long)]
+        expect_body: Option<String>,
+        #[arg(long)]
+        queues: Option<u32>,
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: XdpMode,
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Stop after this many seconds even if connections remain.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
     /// Run the load-balancer sidecar from a configuration file.
     Run {
         #[arg(long)]
@@ -102,17 +144,53 @@ fn main() -> ExitCode {
             xdp_mode,
             msl_ms,
             metrics,
-        } => serve(
-            ServeOptions {
-                iface,
-                ports: port,
-                queues,
-                xdp_mode,
-                metrics,
-            },
-            app,
+        } => {
+            let mut opts = StackOptions::new(&iface, port);
+            opts.queues = queues;
+            opts.xdp_mode = xdp_mode;
+            opts.metrics = metrics;
+            opts.tcp.msl = Duration::from_millis(msl_ms);
+            serve(opts, app)
+        }
+        Command::Load {
+            iface,
+            target,
+            connections,
+            concurrency,
+            local_ports,
+            no_reuse,
+            reuse_delay_ms,
             msl_ms,
-        ),
+            expect_body,
+            queues,
+            xdp_mode,
+            metrics,
+            timeout_s,
+        } => {
+            // The steered "listening" port is never listened on: the load
+            // generator only needs its active-open range steered.
+            let mut opts = StackOptions::new(&iface, vec![target.port()]);
+            opts.listen = false;
+            opts.active_ports = local_ports;
+            opts.queues = queues;
+            opts.xdp_mode = xdp_mode;
+            opts.metrics = metrics;
+            opts.tcp.msl = Duration::from_millis(msl_ms);
+            opts.tcp.reuse = !no_reuse;
+            opts.tcp.reuse_delay = Duration::from_millis(reuse_delay_ms);
+            let cfg = LoadConfig {
+                target,
+                total: connections,
+                concurrency,
+                request: format!("GET / HTTP/1.1\r\nHost: {target}\r\nUser-Agent: turnstile-load\r\n\r\n").into_bytes(),
+                expect_body: expect_body.map(String::into_bytes),
+            };
+            match load(opts, cfg, Duration::from_secs(timeout_s)) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(3),
+                Err(e) => Err(e),
+            }
+        }
         Command::Run { config } => Err(anyhow::anyhow!(
             "turnstile run --config {}: the sidecar is not built yet (issue #6)",
             config.display()
@@ -128,23 +206,100 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(opts: ServeOptions, app: Option<AppKind>, _msl_ms: u64) -> anyhow::Result<()> {
-    if let Some(app) = app {
-        anyhow::bail!(
-            "--app {app:?}: the apps are not built yet; omit --app to refuse every connection"
-        );
+fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (lo, hi) = s.split_once('-').ok_or("expected LO-HI, e.g. 40000-40999")?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("bad port {lo:?}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("bad port {hi:?}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s}: need 1 <= LO <= HI <= 65535"));
     }
+    Ok(lo..=hi)
+}
+
+/// Blocks until SIGINT or SIGTERM, or until `done` says so.
+fn wait_for_signal(done: impl Fn() -> bool) -> anyhow::Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let running = runtime::start(&opts)?;
-    println!("{}", running.listening_line(&opts.ports));
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+        if done() {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    running.stop();
-    Ok(())
+    Ok(true)
+}
+
+fn print_ready(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
+fn serve(opts: StackOptions, app: Option<AppKind>) -> anyhow::Result<()> {
+    fn go<A: App + Send + 'static>(opts: &StackOptions, make: impl Fn() -> A) -> anyhow::Result<()> {
+        let running = runtime::start(opts, |_, _| make())?;
+        print_ready(&running.listening_line(&opts.ports));
+        wait_for_signal(|| false)?;
+        running.drain();
+        Ok(())
+    }
+    match app {
+        Some(AppKind::Echo) => go(&opts, Echo::default),
+        Some(AppKind::Http) => go(&opts, Http::default),
+        Some(AppKind::Discard) => go(&opts, Discard::default),
+        None => {
+            let opts = StackOptions { listen: false, ..opts };
+            go(&opts, Discard::default)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load(opts: StackOptions, cfg: LoadConfig, timeout: Duration) -> anyhow::Result<bool> {
+    let total = cfg.total;
+    let conc = cfg.concurrency;
+    let started = std::time::Instant::now();
+    let running = runtime::start(&opts, |id, shards| {
+        let share = |n: u64| n / shards as u64 + u64::from((id as u64) < n % shards as u64);
+        Load::new(LoadConfig {
+            total: share(total),
+            concurrency: (share(conc as u64) as usize).max(1),
+            ..cfg.clone()
+        })
+    })?;
+    eprintln!("{}", running.listening_line(&opts.ports));
+    let interrupted = wait_for_signal(|| running.finished() || started.elapsed() > timeout)?;
+    let apps = running.stop();
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut report = LoadReport::default();
+    let mut last_error = None;
+    for app in &apps {
+        report.merge(&app.report);
+        if let Some(e) = app.last_error() {
+            last_error = Some(e.to_string());
+        }
+    }
+    let h = &report.latency_us;
+    let summary = serde_json::json!({
+        "connections": total,
+        "ok": report.ok,
+        "failed": report.failed(),
+        "failures": {
+            "no_port": report.failed_no_port,
+            "refused": report.failed_refused,
+            "timeout": report.failed_timeout,
+            "reset": report.failed_reset,
+            "bad_response": report.failed_bad_response,
+            "other": report.failed_other,
+        },
+        "elapsed_s": elapsed,
+        "rate_per_s": report.ok as f64 / elapsed.max(1e-9),
+        "latency_us": { "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999) },
+        "interrupted": interrupted,
+        "last_error": last_error,
+    });
+    println!("{summary}");
+    Ok(report.failed() == 0 && report.ok == total)
 }

@@ -26,13 +26,18 @@ pub struct ShardMetrics {
     pub rx_no_frame: AtomicU64,
     /// A reply found no free UMEM frame.
     pub tx_no_frame: AtomicU64,
-    /// RSTs to a closed port, silently dropped (RFC 9293 3.10.7.1).
-    pub rx_rst_closed: AtomicU64,
     /// Segments for an address that is not ours.
     pub rx_not_local: AtomicU64,
     /// Segments the engine dropped (unacceptable, old duplicates, ...).
     pub rx_engine_dropped: AtomicU64,
     pub handoff: AtomicU64,
+    /// A frame for another shard found no buffer or a full queue.
+    pub handoff_dropped: AtomicU64,
+    /// A segment to a host whose MAC is unknown.
+    pub tx_no_neighbor: AtomicU64,
+    /// Connections in any state but TIME_WAIT.
+    pub connections: AtomicU64,
+    pub time_wait_expired: AtomicU64,
     pub rst_sent: AtomicU64,
     pub established: AtomicU64,
     pub time_wait: AtomicU64,
@@ -180,7 +185,6 @@ impl Registry {
             .collect();
         dropped.push(("reason=\"no_frame\"".into(), s(|m| &m.rx_no_frame)));
         dropped.push(("reason=\"ring_full\"".into(), s(|m| &m.rx_ring_full)));
-        dropped.push(("reason=\"rst_closed_port\"".into(), s(|m| &m.rx_rst_closed)));
         dropped.push(("reason=\"not_local\"".into(), s(|m| &m.rx_not_local)));
         dropped.push(("reason=\"tcp\"".into(), s(|m| &m.rx_engine_dropped)));
         let dropped_ref: Vec<(&str, u64)> = dropped.iter().map(|(l, v)| (l.as_str(), *v)).collect();
@@ -194,8 +198,14 @@ impl Registry {
             "turnstile_tx_dropped_total",
             "counter",
             "Frames not sent, by reason.",
-            &[("reason=\"no_frame\"", s(|m| &m.tx_no_frame))],
+            &[
+                ("reason=\"no_frame\"", s(|m| &m.tx_no_frame)),
+                ("reason=\"no_neighbor\"", s(|m| &m.tx_no_neighbor)),
+            ],
         );
+        metric("turnstile_connections", "gauge", "Connections in any state but TIME_WAIT.", &[("", s(|m| &m.connections))]);
+        metric("turnstile_time_wait_expired_total", "counter", "TIME_WAIT entries that reached 2MSL.", &[("", s(|m| &m.time_wait_expired))]);
+        metric("turnstile_handoff_dropped_total", "counter", "Frames for another shard dropped (no buffer or queue full).", &[("", s(|m| &m.handoff_dropped))]);
         metric(
             "turnstile_handoff_total",
             "counter",

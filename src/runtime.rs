@@ -1,24 +1,60 @@
 //! Starting and stopping the stack: XDP program, one shard per queue, metrics.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
+use crate::app::App;
 use crate::iface::{Iface, IfaceError};
 use crate::metrics::{self, Registry, ShardMetrics};
-use crate::shard::Shard;
+use crate::ports::{self, ReserveError, Reservation};
+use crate::shard::flow::FlowMap;
+use crate::shard::handoff::Exchange;
+use crate::shard::neighbors::Neighbors;
+use crate::shard::{DRAINING, RUNNING, STOPPED, Shard};
+use crate::tcp::{self, Endpoint};
 use crate::xdp::{XdpError, XdpMode, XdpProgram};
 use crate::xsk::{XskConfig, XskError, XskSocket};
 
-/// What `turnstile serve` was asked to do.
+/// Default local ports for active opens: outside Linux's default
+/// ip_local_port_range (32768-60999), so the kernel never picks them.
+pub const DEFAULT_ACTIVE_PORTS: RangeInclusive<u16> = 61000..=65535;
+
+/// What the stack is asked to run.
 #[derive(Clone, Debug)]
-pub struct ServeOptions {
+pub struct StackOptions {
     pub iface: String,
+    /// Ports steered to turnstile for passive opens.
     pub ports: Vec<u16>,
+    /// Whether the app listens on `ports` (otherwise every SYN is refused).
+    pub listen: bool,
+    /// Local ports for active opens (steered too), split between shards.
+    pub active_ports: RangeInclusive<u16>,
     pub queues: Option<u32>,
     pub xdp_mode: XdpMode,
     pub metrics: Option<SocketAddr>,
+    pub tcp: tcp::Config,
+    /// How long SIGTERM lets established connections finish.
+    pub grace: Duration,
+}
+
+impl StackOptions {
+    pub fn new(iface: &str, ports: Vec<u16>) -> Self {
+        StackOptions {
+            iface: iface.to_string(),
+            ports,
+            listen: true,
+            active_ports: DEFAULT_ACTIVE_PORTS,
+            queues: None,
+            xdp_mode: XdpMode::Auto,
+            metrics: None,
+            tcp: tcp::Config::default(),
+            grace: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,43 +65,44 @@ pub enum StartError {
     Xdp(#[from] XdpError),
     #[error(transparent)]
     Xsk(#[from] XskError),
-    #[error(
-        "--queues {asked} is more than the {have} receive queues of {iface} (see `ethtool -l {iface}`)"
-    )]
-    TooManyQueues {
-        asked: u32,
-        have: u32,
-        iface: String,
-    },
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    #[error("--queues {asked} is more than the {have} receive queues of {iface} (see `ethtool -l {iface}`)")]
+    TooManyQueues { asked: u32, have: u32, iface: String },
     #[error("--queues must be at least 1")]
     NoQueues,
-    #[error("no --port given: name at least one TCP port to steer")]
+    #[error("no port given: name at least one TCP port to steer")]
     NoPorts,
     #[error("port 0 cannot be steered: ports are 1-65535")]
     PortZero,
+    #[error("the active-open port range {lo}-{hi} has fewer ports than the {shards} shards")]
+    ActiveRange { lo: u16, hi: u16, shards: usize },
+    #[error("port {0} is both a listening port and in the active-open range")]
+    PortClash(u16),
     #[error("cannot serve metrics on {addr}: {err}")]
-    Metrics {
-        addr: SocketAddr,
-        err: std::io::Error,
-    },
+    Metrics { addr: SocketAddr, err: std::io::Error },
     #[error("could not start a shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("no randomness for the ISN secret: {0}")]
+    Random(String),
 }
 
-/// A running stack. [`Running::stop`] drains the shards and detaches XDP.
-pub struct Running {
+/// A running stack.
+pub struct Running<A> {
     pub iface: Iface,
     pub queues: u32,
     pub mode: &'static str,
     pub zerocopy: bool,
     pub registry: Registry,
-    stop: Arc<AtomicBool>,
-    shards: Vec<JoinHandle<()>>,
+    control: Arc<AtomicU8>,
+    shards: Vec<JoinHandle<A>>,
     metrics_thread: Option<JoinHandle<()>>,
+    metrics_stop: Arc<std::sync::atomic::AtomicBool>,
     xdp: Option<Arc<XdpProgram>>,
+    _reservation: Reservation,
 }
 
-impl Running {
+impl<A> Running<A> {
     /// The `listening ...` line of the CLI contract.
     pub fn listening_line(&self, ports: &[u16]) -> String {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
@@ -79,26 +116,54 @@ impl Running {
         )
     }
 
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.shards.drain(..) {
-            let _ = t.join();
-        }
+    /// True once every shard has returned (apps that finish on their own).
+    pub fn finished(&self) -> bool {
+        self.shards.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Stops accepting, lets connections finish within the grace period,
+    /// then detaches. Returns the apps.
+    pub fn drain(self) -> Vec<A> {
+        self.control.store(DRAINING, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Stops at once. Returns the apps.
+    pub fn stop(self) -> Vec<A> {
+        self.control.store(STOPPED, Ordering::Relaxed);
+        self.join()
+    }
+
+    fn join(mut self) -> Vec<A> {
+        let apps = self
+            .shards
+            .drain(..)
+            .filter_map(|t| t.join().ok())
+            .collect();
+        self.metrics_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.metrics_thread.take() {
             let _ = t.join();
         }
         // Last: the bpf_link goes with the program, detaching it.
         self.registry.xdp = None;
         self.xdp = None;
+        apps
     }
 }
 
-pub fn start(opts: &ServeOptions) -> Result<Running, StartError> {
+pub fn start<A, F>(opts: &StackOptions, mut make_app: F) -> Result<Running<A>, StartError>
+where
+    A: App + Send + 'static,
+    F: FnMut(usize, usize) -> A,
+{
     if opts.ports.is_empty() {
         return Err(StartError::NoPorts);
     }
-    if opts.ports.contains(&0) {
+    if opts.ports.contains(&0) || *opts.active_ports.start() == 0 {
         return Err(StartError::PortZero);
+    }
+    if let Some(p) = opts.ports.iter().find(|p| opts.active_ports.contains(p)) {
+        return Err(StartError::PortClash(*p));
     }
     let iface = Iface::lookup(&opts.iface)?;
     let queues = opts.queues.unwrap_or(iface.rx_queues);
@@ -112,8 +177,20 @@ pub fn start(opts: &ServeOptions) -> Result<Running, StartError> {
             iface: iface.name.clone(),
         });
     }
+    let shards = queues as usize;
+    if opts.active_ports.clone().count() < shards {
+        return Err(StartError::ActiveRange {
+            lo: *opts.active_ports.start(),
+            hi: *opts.active_ports.end(),
+            shards,
+        });
+    }
+    let mut secret = [0u8; 16];
+    getrandom::fill(&mut secret).map_err(|e| StartError::Random(e.to_string()))?;
+    let reservation = ports::reserve(&opts.active_ports)?;
+
     let xdp = Arc::new(XdpProgram::attach(&iface.name, opts.xdp_mode)?);
-    let mut sockets = Vec::with_capacity(queues as usize);
+    let mut sockets = Vec::with_capacity(shards);
     for q in 0..queues {
         let sock = XskSocket::open(&iface.name, q, XskConfig::default())?;
         xdp.register_socket(q, sock.fd())?;
@@ -121,39 +198,53 @@ pub fn start(opts: &ServeOptions) -> Result<Running, StartError> {
     }
     let zerocopy = sockets.iter().all(XskSocket::zerocopy);
     xdp.choose_ports(&opts.ports)?;
+    let active: Vec<u16> = opts.active_ports.clone().collect();
+    xdp.choose_ports(&active)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let flows = FlowMap::new(shards, opts.active_ports.clone());
+    let exchange = Exchange::new(shards);
+    let control = Arc::new(AtomicU8::new(RUNNING));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut registry = Registry::default();
-    let mut shards = Vec::new();
+    let mut handles = Vec::new();
     for (id, xsk) in sockets.into_iter().enumerate() {
         let m = Arc::new(ShardMetrics::default());
         registry.shards.push(m.clone());
+        let mut cfg = opts.tcp.clone();
+        cfg.port_range = flows.port_slice(id);
         let shard = Shard {
             id,
             xsk,
+            endpoint: Endpoint::new(cfg, secret),
+            app: make_app(id, shards),
+            ports: if opts.listen { opts.ports.clone() } else { Vec::new() },
             local_mac: iface.mac,
             local_ip: iface.ipv4,
+            neighbors: Neighbors::new(iface.clone()),
+            flows: flows.clone(),
+            exchange: exchange.clone(),
             metrics: m,
-            stop: stop.clone(),
+            control: control.clone(),
+            grace: opts.grace,
             core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
         };
         let t = std::thread::Builder::new()
             .name(format!("turnstile-shard-{id}"))
             .spawn(move || shard.run())
             .map_err(StartError::Thread)?;
-        shards.push(t);
+        handles.push(t);
     }
     let x = xdp.clone();
     registry.xdp = Some(Arc::new(move || x.counters()));
+    let metrics_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics_thread = match opts.metrics {
         Some(addr) => Some(
-            metrics::serve(addr, registry.clone(), stop.clone())
+            metrics::serve(addr, registry.clone(), metrics_stop.clone())
                 .map_err(|err| StartError::Metrics { addr, err })?,
         ),
         None => None,
     };
-    // Steer only now that every queue has a socket behind it.
+    // Steer only now that every queue has a socket and a shard behind it.
     xdp.enable(Some(iface.ipv4))?;
     Ok(Running {
         mode: xdp.mode().as_str(),
@@ -161,9 +252,11 @@ pub fn start(opts: &ServeOptions) -> Result<Running, StartError> {
         queues,
         zerocopy,
         registry,
-        stop,
-        shards,
+        control,
+        shards: handles,
         metrics_thread,
+        metrics_stop,
         xdp: Some(xdp),
+        _reservation: reservation,
     })
 }

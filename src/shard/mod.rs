@@ -1,42 +1,99 @@
-//! The per-core loop: one shard owns one queue's AF_XDP socket and UMEM.
+//! The per-core loop: one shard owns one queue's AF_XDP socket and UMEM, an
+//! engine `Endpoint` (its connections, TIME_WAIT entries, timers and port
+//! slice) and an app.
 //!
-//! Run to completion: receive a batch, parse, answer, transmit the batch,
-//! then sleep briefly only when nothing happened for a while.
+//! Run to completion, one pass at a time: receive a batch, parse, route to the
+//! owning shard, run the engine, run the app, transmit the batch, fire due
+//! timers; busy-poll while there is work and sleep in poll(2) after a while
+//! without any.
 
+pub mod clock;
+pub mod flow;
+pub mod handoff;
+pub mod neighbors;
+
+use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
+use crate::app::{App, Ctx};
 use crate::metrics::ShardMetrics;
-use crate::wire::{self, FrameMeta, MAX_HEADER_LEN, ParsedFrame, TcpFlags};
-use crate::xsk::XskSocket;
+use crate::tcp::{Endpoint, Instant};
+use crate::wire::{self, FrameMeta, MAX_HEADER_LEN, ParsedFrame};
+use crate::xsk::{SendOutcome, XskSocket};
+use flow::FlowMap;
+use handoff::Exchange;
+use neighbors::Neighbors;
+
+/// Run state shared by the runtime and every shard.
+pub const RUNNING: u8 = 0;
+/// Stop accepting; exit once no connection is left or the grace period ends.
+pub const DRAINING: u8 = 1;
+/// Exit now.
+pub const STOPPED: u8 = 2;
+
+/// Idle passes of busy polling before the loop sleeps in poll(2). Short: on
+/// a small machine the kernel peers need the cores we would spin on.
+const SPIN_BEFORE_SLEEP: u32 = 64;
 
 /// Everything a shard thread owns.
-pub struct Shard {
+pub struct Shard<A: App> {
     pub id: usize,
     pub xsk: XskSocket,
+    pub endpoint: Endpoint,
+    pub app: A,
+    pub ports: Vec<u16>,
     pub local_mac: [u8; 6],
-    pub local_ip: std::net::Ipv4Addr,
+    pub local_ip: Ipv4Addr,
+    pub neighbors: Neighbors,
+    pub flows: FlowMap,
+    pub exchange: Arc<Exchange>,
     pub metrics: Arc<ShardMetrics>,
-    pub stop: Arc<AtomicBool>,
+    pub control: Arc<AtomicU8>,
+    pub grace: Duration,
     pub core: Option<core_affinity::CoreId>,
 }
 
-/// Idle passes of busy polling before the loop sleeps in poll(2).
-const SPIN_BEFORE_SLEEP: u32 = 256;
-
-impl Shard {
-    pub fn run(mut self) {
+impl<A: App> Shard<A> {
+    /// Runs until stopped (or the app is finished and its connections are
+    /// gone); returns the app so callers can read what it measured.
+    pub fn run(mut self) -> A {
         if let Some(core) = self.core
             && !core_affinity::set_for_current(core)
         {
             tracing::warn!(shard = self.id, ?core, "could not pin shard thread");
         }
+        for &port in &self.ports {
+            self.endpoint.listen(port);
+        }
+        let now = clock::now();
+        self.with_ctx(now, |app, ctx| app.on_start(ctx));
         let mut idle = 0u32;
-        let mut last_stats = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            let got = self.poll_once();
-            if got == 0 {
+        let mut last_stats = now;
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let now = clock::now();
+            match self.control.load(Ordering::Relaxed) {
+                STOPPED => break,
+                DRAINING => {
+                    let deadline = *drain_deadline.get_or_insert_with(|| {
+                        for &port in &self.ports {
+                            self.endpoint.unlisten(port);
+                        }
+                        now.saturating_add(self.grace)
+                    });
+                    if self.endpoint.connection_count() == 0 || now >= deadline {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            if self.app.finished() && self.endpoint.connection_count() == 0 {
+                break;
+            }
+            let work = self.pass(now);
+            if work == 0 {
                 idle += 1;
                 if idle > SPIN_BEFORE_SLEEP {
                     self.xsk.wait(1);
@@ -44,81 +101,162 @@ impl Shard {
             } else {
                 idle = 0;
             }
-            if last_stats.elapsed().as_millis() >= 100 {
+            if now.saturating_duration_since(last_stats) >= Duration::from_millis(50) {
                 self.publish_stats();
-                last_stats = Instant::now();
+                last_stats = now;
             }
         }
         self.xsk.flush();
         self.publish_stats();
+        self.app
     }
 
-    /// One pass: receive, answer, transmit. Returns frames received.
-    fn poll_once(&mut self) -> usize {
+    fn with_ctx<R>(&mut self, now: Instant, f: impl FnOnce(&mut A, &mut Ctx<'_>) -> R) -> R {
+        let mut ctx = Ctx {
+            ep: &mut self.endpoint,
+            now,
+            local_ip: self.local_ip,
+            shard: self.id,
+            next_hop: &mut self.neighbors,
+        };
+        f(&mut self.app, &mut ctx)
+    }
+
+    /// One pass; returns a measure of the work done (0 = idle).
+    fn pass(&mut self, now: Instant) -> usize {
+        let mut work = self.receive(now);
+        while let Some(h) = self.exchange.recv(self.id) {
+            // Parsed (and checked) once more: cheap next to the copy, and
+            // the owner never trusts another shard's view of its frame.
+            if let Ok(p) = wire::parse_frame(&h.buf[..h.len]) {
+                deliver(&mut self.endpoint, &mut self.neighbors, &p, now);
+            }
+            self.exchange.release(h);
+            work += 1;
+        }
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        while let Some((id, event)) = self.endpoint.poll_event() {
+            self.with_ctx(now, |app, ctx| app.on_event(ctx, id, event));
+            work += 1;
+        }
+        self.with_ctx(now, |app, ctx| app.on_tick(ctx));
+        // on_tick may have produced events (e.g. a failed connect).
+        while let Some((id, event)) = self.endpoint.poll_event() {
+            self.with_ctx(now, |app, ctx| app.on_event(ctx, id, event));
+            work += 1;
+        }
+        work += self.transmit(now);
+        work
+    }
+
+    fn receive(&mut self, now: Instant) -> usize {
         let Shard {
+            id,
             xsk,
+            endpoint,
+            neighbors,
+            flows,
+            exchange,
             metrics,
-            local_mac,
             local_ip,
             ..
         } = self;
-        // Replies are built after the rx batch is done with its frames, so
-        // collect the few fields a reply needs first; no allocation.
-        let mut replies = [None::<(FrameMeta, wire::TcpRepr)>; 64];
-        let mut n_replies = 0;
         let got = xsk.recv_batch(|frame| match wire::parse_frame(frame) {
             Err(reason) => metrics.dropped(reason),
             Ok(p) => {
                 if p.meta.dst_ip != *local_ip {
                     ShardMetrics::add(&metrics.rx_not_local, 1);
-                } else if let Some(reply) = closed_port_reply(&p, *local_mac) {
-                    if n_replies < replies.len() {
-                        replies[n_replies] = Some(reply);
-                        n_replies += 1;
-                    }
-                } else {
-                    ShardMetrics::add(&metrics.rx_rst_closed, 1);
+                    return;
                 }
+                let owner = flows.owner(p.tcp.dst_port, u32::from(p.meta.src_ip), p.tcp.src_port);
+                if owner != *id {
+                    if exchange.send(*id, owner, frame) {
+                        ShardMetrics::add(&metrics.handoff, 1);
+                    } else {
+                        ShardMetrics::add(&metrics.handoff_dropped, 1);
+                    }
+                    return;
+                }
+                deliver(endpoint, neighbors, &p, now);
             }
         });
         ShardMetrics::add(&metrics.rx_packets, got as u64);
-        for (meta, tcp) in replies[..n_replies].iter().flatten() {
-            let sent =
-                xsk.send_with(|buf| wire::build_frame(buf, meta, tcp, MAX_HEADER_LEN, 0).ok());
-            if sent {
-                ShardMetrics::add(&metrics.rst_sent, 1);
-            } else {
-                ShardMetrics::add(&metrics.tx_no_frame, 1);
-            }
-        }
-        xsk.flush();
         got
     }
 
-    fn publish_stats(&self) {
-        let s = self.xsk.stats();
-        ShardMetrics::set(&self.metrics.tx_packets, s.tx_frames);
-        if let Ok(x) = self.xsk.xdp_statistics() {
-            ShardMetrics::set(&self.metrics.rx_ring_full, x.rx_ring_full());
-            ShardMetrics::set(&self.metrics.rx_no_frame, x.rx_fill_ring_empty_descs());
+    fn transmit(&mut self, now: Instant) -> usize {
+        let Shard {
+            xsk,
+            endpoint,
+            neighbors,
+            metrics,
+            local_mac,
+            ..
+        } = self;
+        let mut sent = 0;
+        loop {
+            let mut no_neighbor = false;
+            let outcome = xsk.send_with(|buf| {
+                let t = endpoint.poll_transmit(now, &mut buf[MAX_HEADER_LEN..])?;
+                let Some(dst_mac) = neighbors.get(t.remote) else {
+                    no_neighbor = true;
+                    return None;
+                };
+                let meta = FrameMeta {
+                    src_mac: *local_mac,
+                    dst_mac,
+                    src_ip: t.local,
+                    dst_ip: t.remote,
+                };
+                wire::build_frame(buf, &meta, &t.tcp, MAX_HEADER_LEN, t.payload_len).ok()
+            });
+            match outcome {
+                SendOutcome::Queued => sent += 1,
+                SendOutcome::Nothing if no_neighbor => {
+                    ShardMetrics::add(&metrics.tx_no_neighbor, 1);
+                }
+                SendOutcome::Nothing => break,
+                SendOutcome::NoFrame => {
+                    ShardMetrics::add(&metrics.tx_no_frame, 1);
+                    break;
+                }
+            }
         }
+        xsk.flush();
+        sent
+    }
+
+    fn publish_stats(&self) {
+        let m = &self.metrics;
+        let s = self.xsk.stats();
+        ShardMetrics::set(&m.tx_packets, s.tx_frames);
+        if let Ok(x) = self.xsk.xdp_statistics() {
+            ShardMetrics::set(&m.rx_ring_full, x.rx_ring_full());
+            ShardMetrics::set(&m.rx_no_frame, x.rx_fill_ring_empty_descs());
+        }
+        let e = self.endpoint.stats();
+        ShardMetrics::set(&m.established, self.endpoint.established_count() as u64);
+        ShardMetrics::set(&m.connections, self.endpoint.connection_count() as u64);
+        ShardMetrics::set(&m.time_wait, self.endpoint.time_wait_count() as u64);
+        ShardMetrics::set(&m.accepted, e.accepted);
+        ShardMetrics::set(&m.opened, e.opened);
+        ShardMetrics::set(&m.recycled_passive, e.time_wait_recycled_passive);
+        ShardMetrics::set(&m.recycled_active, e.time_wait_recycled_active);
+        ShardMetrics::set(&m.connect_no_port, e.connect_no_port);
+        ShardMetrics::set(&m.connect_timeout, e.connect_timeout);
+        ShardMetrics::set(&m.connect_refused, e.connect_refused);
+        ShardMetrics::set(&m.retransmits, e.retransmits);
+        ShardMetrics::set(&m.challenge_acks, e.challenge_acks);
+        ShardMetrics::set(&m.rst_sent, e.rst_sent);
+        ShardMetrics::set(&m.rx_engine_dropped, e.dropped_segments);
+        ShardMetrics::set(&m.time_wait_expired, e.time_wait_expired);
     }
 }
 
-/// The RST a closed port owes (RFC 9293 3.10.7.1), with addresses swapped.
-fn closed_port_reply(
-    p: &ParsedFrame<'_>,
-    local_mac: [u8; 6],
-) -> Option<(FrameMeta, wire::TcpRepr)> {
-    if p.tcp.flags.contains(TcpFlags::RST) {
-        return None;
-    }
-    let tcp = crate::tcp::reset_for(&p.tcp, p.payload.len())?;
-    let meta = FrameMeta {
-        src_mac: local_mac,
-        dst_mac: p.meta.src_mac,
-        src_ip: p.meta.dst_ip,
-        dst_ip: p.meta.src_ip,
-    };
-    Some((meta, tcp))
+#[inline]
+fn deliver(ep: &mut Endpoint, neighbors: &mut Neighbors, p: &ParsedFrame<'_>, now: Instant) {
+    neighbors.learn(p.meta.src_ip, p.meta.src_mac);
+    ep.handle_segment(p.meta.dst_ip, p.meta.src_ip, &p.tcp, p.payload, now);
 }

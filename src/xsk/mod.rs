@@ -65,6 +65,16 @@ pub struct XskStats {
     pub tx_no_frame: u64,
 }
 
+/// What [`XskSocket::send_with`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    Queued,
+    /// The writer had nothing to send.
+    Nothing,
+    /// No transmit frame was free; the writer was not called.
+    NoFrame,
+}
+
 pub struct XskSocket {
     umem: Umem,
     queue: u32,
@@ -221,14 +231,15 @@ impl XskSocket {
 
     /// Writes one frame with `write` (given the whole frame buffer, it returns
     /// the frame length, or None to send nothing) and queues it for the next
-    /// [`XskSocket::flush`]. False when no transmit frame was free.
-    pub fn send_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+    /// [`XskSocket::flush`]. `write` is not called when no frame is free, so a
+    /// caller can leave what it meant to send where it was.
+    pub fn send_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> SendOutcome {
         if self.free.is_empty() {
             self.reclaim();
         }
         let Some(mut desc) = self.free.pop() else {
             self.stats.tx_no_frame += 1;
-            return false;
+            return SendOutcome::NoFrame;
         };
         // SAFETY: a free frame of this UMEM: in no ring, so ours alone.
         let mut data = unsafe { self.umem.data_mut(&mut desc) };
@@ -242,11 +253,11 @@ impl XskSocket {
                 if self.tx_pending.len() >= self.batch {
                     self.flush();
                 }
-                true
+                SendOutcome::Queued
             }
             _ => {
                 self.free.push(desc);
-                false
+                SendOutcome::Nothing
             }
         }
     }

@@ -1,0 +1,120 @@
+//! The application interface: what an app may do with connections, all on
+//! its shard's thread, and the built-in apps.
+//!
+//! An app is event driven. The shard calls [`App::on_event`] for every engine
+//! event and [`App::on_tick`] once per loop pass; through [`Ctx`] the app
+//! accepts (passive opens arrive as `Event::Accepted`), reads, writes,
+//! half-closes, closes, aborts and opens connections. Apps are generic
+//! parameters of the shard, so there is no dynamic dispatch per event.
+
+pub mod discard;
+pub mod echo;
+pub mod http;
+pub mod load;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::tcp::{ConnError, ConnId, ConnectError, Endpoint, Event, Instant, State};
+
+/// Why an active open could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("no next hop for {ip}: {reason}")]
+    Neighbor { ip: Ipv4Addr, reason: String },
+}
+
+/// Resolves the link-layer next hop of a destination before an active open.
+pub trait NextHop {
+    fn ensure(&mut self, ip: Ipv4Addr) -> Result<(), String>;
+}
+
+/// What an app sees of its shard during one call.
+pub struct Ctx<'a> {
+    pub(crate) ep: &'a mut Endpoint,
+    pub(crate) now: Instant,
+    pub(crate) local_ip: Ipv4Addr,
+    pub(crate) shard: usize,
+    pub(crate) next_hop: &'a mut dyn NextHop,
+}
+
+impl Ctx<'_> {
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+    pub fn local_ip(&self) -> Ipv4Addr {
+        self.local_ip
+    }
+    pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, ConnError> {
+        self.ep.recv(id, buf)
+    }
+    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, ConnError> {
+        self.ep.send(id, data)
+    }
+    /// Half-close: a FIN after what was queued; reading goes on.
+    pub fn shutdown(&mut self, id: ConnId) -> Result<(), ConnError> {
+        self.ep.shutdown(id)
+    }
+    pub fn close(&mut self, id: ConnId) -> Result<(), ConnError> {
+        self.ep.close(id)
+    }
+    pub fn abort(&mut self, id: ConnId) -> Result<(), ConnError> {
+        self.ep.abort(id)
+    }
+    pub fn state(&self, id: ConnId) -> Option<State> {
+        self.ep.state(id)
+    }
+    pub fn send_capacity(&self, id: ConnId) -> usize {
+        self.ep.send_capacity(id)
+    }
+    pub fn recv_available(&self, id: ConnId) -> usize {
+        self.ep.recv_available(id)
+    }
+    /// Opens a connection from this shard's address and port range.
+    pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, OpenError> {
+        self.next_hop
+            .ensure(*remote.ip())
+            .map_err(|reason| OpenError::Neighbor {
+                ip: *remote.ip(),
+                reason,
+            })?;
+        Ok(self.ep.connect(self.local_ip, remote, self.now)?)
+    }
+}
+
+/// An application running on every shard.
+pub trait App {
+    /// Called once on the shard thread before the first packet.
+    fn on_start(&mut self, _ctx: &mut Ctx<'_>) {}
+    fn on_event(&mut self, ctx: &mut Ctx<'_>, id: ConnId, event: Event);
+    /// Called once per loop pass, after the events.
+    fn on_tick(&mut self, _ctx: &mut Ctx<'_>) {}
+    /// True when the app has nothing more to do and its shard may stop.
+    fn finished(&self) -> bool {
+        false
+    }
+}
+
+/// Moves as much as fits from `id`'s receive buffer to its send buffer.
+/// Reading only what can be sent keeps memory bounded without a copy of
+/// our own: a peer that does not read stops our window from opening.
+pub(crate) fn pump_back(ctx: &mut Ctx<'_>, id: ConnId, scratch: &mut [u8]) -> Result<usize, ConnError> {
+    let mut moved = 0;
+    loop {
+        let room = ctx.send_capacity(id).min(scratch.len());
+        if room == 0 {
+            return Ok(moved);
+        }
+        let n = ctx.recv(id, &mut scratch[..room])?;
+        if n == 0 {
+            return Ok(moved);
+        }
+        let sent = ctx.send(id, &scratch[..n])?;
+        debug_assert_eq!(sent, n, "send_capacity promised room");
+        moved += sent;
+    }
+}
