@@ -4,6 +4,7 @@
 
 pub mod iface;
 pub mod metrics;
+pub mod neigh;
 pub mod runtime;
 pub mod shard;
 pub mod tcp;
