@@ -356,10 +356,10 @@ impl Neighbour {
         let state = u16::from(entry.header.state);
         if state & NUD_VALID != 0 {
             for attr in &entry.attributes {
-                if let NeighbourAttribute::LinkLayerAddress(lladdr) = attr {
-                    if let Ok(mac) = <[u8; 6]>::try_from(lladdr.as_slice()) {
-                        return Neighbour::Usable(mac);
-                    }
+                if let NeighbourAttribute::LinkLayerAddress(lladdr) = attr
+                    && let Ok(mac) = <[u8; 6]>::try_from(lladdr.as_slice())
+                {
+                    return Neighbour::Usable(mac);
                 }
             }
         }
