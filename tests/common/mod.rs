@@ -129,3 +129,13 @@ pub fn xdp_attached(topo: &Topology) -> bool {
         .unwrap_or_default();
     out.contains("prog/xdp") || out.contains(" xdp") || out.contains("xdpgeneric")
 }
+
+/// Kills the child on drop (a test that panics leaves nothing running).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

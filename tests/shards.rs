@@ -1,0 +1,391 @@
+//! The engine on the wire: turnstile serving and connecting through real
+//! Linux kernel peers in network namespaces, with two queues (two shards)
+//! unless a test says otherwise. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const HTTP_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 7007;
+const BODY: &str = "turnstile\n";
+
+fn two_queues() -> Topology {
+    Topology::new(TopologyConfig { queues: 2 }).expect("topology")
+}
+
+#[test]
+fn http_answers_curl_python_and_20k_short_connections() {
+    if !need_root() {
+        return;
+    }
+    let mut topo = two_queues();
+    let (line, _) = start_serve(
+        &mut topo,
+        &["--port", "8080", "--app", "http", "--msl-ms", "1500", "--metrics", "127.0.0.1:9911"],
+    );
+    assert!(line.contains("queues=2"), "{line}");
+    let ip = topo.server.ip;
+
+    let out = topo
+        .client
+        .sh_ok(&format!("curl -s -i --http1.1 --max-time 5 http://{ip}:8080/"))
+        .expect("curl");
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("Connection: close"), "{out}");
+    assert!(out.ends_with(BODY), "{out:?}");
+
+    let out = client_python(
+        &topo,
+        &format!(
+            r#"
+import socket, asyncio
+IP, PORT = "{ip}", 8080
+REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+def check(resp):
+    head, _, body = resp.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 200 OK") and body == b"turnstile\n"
+bad = 0
+for i in range(10000):
+    s = socket.create_connection((IP, PORT), timeout=5)
+    s.sendall(REQ)
+    chunks = []
+    while True:
+        c = s.recv(4096)
+        if not c: break
+        chunks.append(c)
+    s.close()
+    if not check(b"".join(chunks)): bad += 1
+async def one(sem):
+    async with sem:
+        r, w = await asyncio.wait_for(asyncio.open_connection(IP, PORT), 5)
+        w.write(REQ)
+        data = await asyncio.wait_for(r.read(), 5)
+        w.close()
+        return check(data)
+async def main():
+    sem = asyncio.Semaphore(200)
+    res = await asyncio.gather(*[one(sem) for _ in range(10000)], return_exceptions=True)
+    return sum(1 for r in res if r is not True)
+bad_conc = asyncio.run(main())
+print(bad, bad_conc)
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "0 0", "sequential and concurrent errors");
+
+    // We closed first, so the TIME_WAIT entries are ours, and they go after 2MSL.
+    let text = scrape(&topo, "127.0.0.1:9911");
+    assert!(metric(&text, "turnstile_connections_accepted_total") >= 20_001, "{text}");
+    let tw = metric(&text, "turnstile_time_wait");
+    assert!(tw > 0, "TIME_WAIT entries must be reported: {text}");
+    let mut last = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            last = scrape(&topo, "127.0.0.1:9911");
+            metric(&last, "turnstile_time_wait") == 0
+        }),
+        "TIME_WAIT must expire after 2MSL (3 s): {last}"
+    );
+    assert!(metric(&last, "turnstile_time_wait_expired_total") >= tw);
+    let _ = metric(&last, "turnstile_handoff_total"); // reported (value depends on RSS)
+}
+
+#[test]
+fn echo_survives_five_percent_loss_both_ways() {
+    if !need_root() {
+        return;
+    }
+    let mut topo = two_queues();
+    start_serve(&mut topo, &["--port", "7007", "--app", "echo", "--metrics", "127.0.0.1:9912"]);
+    topo.client
+        .sh_ok(
+            "nft add table inet loss && \
+             nft add chain inet loss in '{ type filter hook input priority 0; }' && \
+             nft add chain inet loss out '{ type filter hook output priority 0; }' && \
+             nft add rule inet loss in meta l4proto tcp numgen random mod 100 '<' 5 drop && \
+             nft add rule inet loss out meta l4proto tcp numgen random mod 100 '<' 5 drop",
+        )
+        .expect("nftables loss");
+    let ip = topo.server.ip;
+    let out = client_python(
+        &topo,
+        &format!(
+            r#"
+import socket, threading, os, hashlib
+SIZE = 10 * 1024 * 1024
+results = []
+def client(i):
+    data = os.urandom(SIZE)
+    s = socket.create_connection(("{ip}", {ECHO_PORT}), timeout=120)
+    got = hashlib.sha256(); n = [0]
+    def reader():
+        while True:
+            c = s.recv(1 << 16)
+            if not c: break
+            got.update(c); n[0] += len(c)
+    t = threading.Thread(target=reader); t.start()
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    t.join(300)
+    s.close()
+    results.append(n[0] == SIZE and got.digest() == hashlib.sha256(data).digest())
+ts = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+[t.start() for t in ts]; [t.join(400) for t in ts]
+print(sum(results), len(results))
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "20 20", "every client gets its 10 MB back byte-exact");
+    let text = scrape(&topo, "127.0.0.1:9912");
+    assert!(metric(&text, "turnstile_retransmits_total") > 0, "{text}");
+}
+
+#[test]
+fn half_close_still_receives_the_echo() {
+    if !need_root() {
+        return;
+    }
+    let mut topo = two_queues();
+    start_serve(&mut topo, &["--port", "7007", "--app", "echo"]);
+    let ip = topo.server.ip;
+    let out = client_python(
+        &topo,
+        &format!(
+            r#"
+import socket, os
+data = os.urandom(300000)
+s = socket.create_connection(("{ip}", {ECHO_PORT}), timeout=10)
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+got = bytearray()
+while True:
+    c = s.recv(65536)
+    if not c: break
+    got += c
+print(len(got), bytes(got) == data)
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "300000 True");
+}
+
+#[test]
+fn passive_time_wait_is_recycled_for_a_newer_syn() {
+    if !need_root() {
+        return;
+    }
+    let mut topo = two_queues();
+    start_serve(
+        &mut topo,
+        &["--port", "8080", "--app", "http", "--metrics", "127.0.0.1:9913"],
+    );
+    let ip = topo.server.ip;
+    let out = client_python(
+        &topo,
+        &format!(
+            r#"
+import socket, time
+ok = 0
+for i in range(5):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 45678))
+    s.settimeout(5)
+    s.connect(("{ip}", {HTTP_PORT}))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c: break
+        data += c
+    s.close()
+    if data.endswith(b"turnstile\n"): ok += 1
+    time.sleep(0.05)
+print(ok)
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "5", "every reconnect from the same port is answered");
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            text = scrape(&topo, "127.0.0.1:9913");
+            metric(&text, "turnstile_time_wait_recycled_total{side=\"passive\"}") >= 4
+        }),
+        "four reconnects found our TIME_WAIT entry and recycled it: {text}"
+    );
+}
+
+/// nginx in the client namespace: the kernel HTTP server for active opens.
+fn start_nginx(topo: &mut Topology) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{}-nginx", topo.client.netns));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = format!(
+        r#"
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir};
+    proxy_temp_path {dir};
+    fastcgi_temp_path {dir};
+    uwsgi_temp_path {dir};
+    scgi_temp_path {dir};
+    server {{
+        listen {ip}:8081 reuseport backlog=4096;
+        location / {{ return 200 "backend\n"; }}
+    }}
+}}
+"#,
+        dir = dir.display(),
+        ip = topo.client.ip
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let conf_path = dir.join("nginx.conf");
+    topo.spawn_client("nginx", &["-c", conf_path.to_str().unwrap(), "-e", dir.join("error.log").to_str().unwrap()])
+        .expect("nginx");
+    let ip = topo.client.ip;
+    assert!(
+        eventually(Duration::from_secs(10), || topo
+            .client
+            .sh(&format!("curl -s --max-time 1 http://{ip}:8081/"))
+            .map(|o| o.stdout == b"backend\n")
+            .unwrap_or(false)),
+        "nginx must come up"
+    );
+    dir
+}
+
+fn run_load(topo: &Topology, extra: &[&str]) -> (bool, serde_json::Value) {
+    let target = format!("{}:8081", topo.client.ip);
+    let out = topo
+        .server
+        .command(BIN)
+        .args(["load", "--iface", &topo.server.dev, "--target", &target, "--expect-body", "backend\n"])
+        .args(extra)
+        .output()
+        .expect("turnstile load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}): {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), json)
+}
+
+fn kernel_resets(topo: &Topology) -> (u64, u64) {
+    let out = topo
+        .client
+        .sh_ok("nstat -az TcpOutRsts TcpEstabResets TcpAttemptFails")
+        .unwrap_or_default();
+    let get = |k: &str| {
+        out.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0u64)
+    };
+    (get("TcpOutRsts"), get("TcpEstabResets"))
+}
+
+#[test]
+fn active_opens_recycle_time_wait_through_a_small_port_range() {
+    if !need_root() {
+        return;
+    }
+    let mut topo = two_queues();
+    let dir = start_nginx(&mut topo);
+    topo.client.sh_ok("nstat -n").ok(); // reset the kernel's counters
+    let (ok, json) = run_load(
+        &topo,
+        &["--connections", "20000", "--concurrency", "64", "--local-ports", "40000-40999", "--msl-ms", "30000", "--metrics", "127.0.0.1:9914"],
+    );
+    assert!(ok, "all 20,000 connections must succeed: {json}");
+    assert_eq!(json["ok"], 20000, "{json}");
+    assert_eq!(json["failed"], 0, "{json}");
+    let (rsts, resets) = kernel_resets(&topo);
+    assert_eq!((rsts, resets), (0, 0), "the kernel server saw no refusal or reset");
+    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+    assert!(!log.contains("reset by peer"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn active_opens_without_reuse_fail_with_no_port() {
+    if !need_root() {
+        return;
+    }
+    let mut topo = two_queues();
+    let dir = start_nginx(&mut topo);
+    let (ok, json) = run_load(
+        &topo,
+        &["--connections", "3000", "--concurrency", "32", "--local-ports", "40000-40999", "--msl-ms", "30000", "--no-reuse"],
+    );
+    assert!(!ok, "without reuse 3,000 connections cannot fit 1,000 ports: {json}");
+    let no_port = json["failures"]["no_port"].as_u64().unwrap();
+    assert!(no_port >= 1000, "{json}");
+    assert!(json["ok"].as_u64().unwrap() >= 990, "{json}");
+    let err = json["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("no free local port"), "a clear error: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_drains_established_connections_then_exits_zero() {
+    if !need_root() {
+        return;
+    }
+    let topo = two_queues();
+    let mut cmd = topo.server.command(BIN);
+    cmd.args(["serve", "--iface", &topo.server.dev, "--port", "7007", "--app", "echo"])
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("listening "));
+    let pid = child.id();
+    let mut child = ChildGuard(child);
+    let ip = topo.server.ip;
+    let out = client_python(
+        &topo,
+        &format!(
+            r#"
+import socket, os, time
+s = socket.create_connection(("{ip}", {ECHO_PORT}), timeout=5)
+s.sendall(b"before ")
+assert s.recv(100) == b"before "
+os.kill({pid}, 15)
+time.sleep(0.3)
+# Draining: the established connection still works...
+s.sendall(b"after")
+got = s.recv(100)
+# ...while a new one is refused.
+n = socket.socket(); n.settimeout(2)
+try:
+    n.connect(("{ip}", {ECHO_PORT})); refused = False
+except ConnectionRefusedError:
+    refused = True
+s.shutdown(socket.SHUT_WR)
+rest = s.recv(100)
+print(got.decode(), refused, rest == b"")
+"#
+        ),
+    );
+    assert_eq!(out.trim(), "after True True");
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = status.expect("exits once its last connection is gone");
+    assert!(status.success(), "{status:?}");
+    assert!(!xdp_attached(&topo));
+}
