@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod demo;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use turnstile::app::App;
@@ -195,7 +197,7 @@ fn main() -> ExitCode {
             "turnstile run --config {}: the sidecar is not built yet (issue #6)",
             config.display()
         )),
-        Command::Demo => Err(anyhow::anyhow!("turnstile demo: not built yet")),
+        Command::Demo => demo::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
