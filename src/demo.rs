@@ -31,16 +31,36 @@ pub fn run() -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone())?;
     }
-    let mut topo = Topology::new(TopologyConfig { queues: 2 }).context("building the demo topology")?;
+    let mut topo =
+        Topology::new(TopologyConfig { queues: 2 }).context("building the demo topology")?;
     println!(
         "topology: {} ({}/{}) <-veth-> {} ({}/{}), 2 queues",
-        topo.server.netns, topo.server.dev, topo.server.ip, topo.client.netns, topo.client.dev, topo.client.ip
+        topo.server.netns,
+        topo.server.dev,
+        topo.server.ip,
+        topo.client.netns,
+        topo.client.dev,
+        topo.client.ip
     );
     let exe = std::env::current_exe().context("locating the turnstile binary")?;
-    let mut cmd = topo.server.command(exe.to_str().context("binary path is not UTF-8")?);
-    cmd.args(["serve", "--iface", &topo.server.dev, "--port", &PORT.to_string(), "--app", "http", "--msl-ms", "5000", "--metrics", METRICS])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut cmd = topo
+        .server
+        .command(exe.to_str().context("binary path is not UTF-8")?);
+    cmd.args([
+        "serve",
+        "--iface",
+        &topo.server.dev,
+        "--port",
+        &PORT.to_string(),
+        "--app",
+        "http",
+        "--msl-ms",
+        "5000",
+        "--metrics",
+        METRICS,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     let mut child = cmd.spawn().context("starting turnstile serve")?;
     let stdout = child.stdout.take().context("serve stdout")?;
     let child = topo.adopt(child);
@@ -58,8 +78,15 @@ pub fn run() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..CLIENT_THREADS {
-        let (client, ok, failed, stop) = (topo.client.clone(), ok.clone(), failed.clone(), stop.clone());
-        clients.push(std::thread::spawn(move || client_loop(&client, server, &ok, &failed, &stop)));
+        let (client, ok, failed, stop) = (
+            topo.client.clone(),
+            ok.clone(),
+            failed.clone(),
+            stop.clone(),
+        );
+        clients.push(std::thread::spawn(move || {
+            client_loop(&client, server, &ok, &failed, &stop)
+        }));
     }
     println!(
         "driving it with {CLIENT_THREADS} kernel client threads for {SECONDS} s (HTTP/1.1, turnstile closes first, MSL 5 s)"
@@ -68,12 +95,17 @@ pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last = 0;
     for t in 1..=SECONDS {
-        std::thread::sleep(Duration::from_secs(1).saturating_sub(start.elapsed().saturating_sub(Duration::from_secs(t - 1))));
+        std::thread::sleep(
+            Duration::from_secs(1)
+                .saturating_sub(start.elapsed().saturating_sub(Duration::from_secs(t - 1))),
+        );
         if interrupted.load(Ordering::Relaxed) {
             break;
         }
         let now = ok.load(Ordering::Relaxed);
-        let ours = scrape_time_wait(&topo.server).map(|v| v.to_string()).unwrap_or_else(|e| format!("? ({e})"));
+        let ours = scrape_time_wait(&topo.server)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| format!("? ({e})"));
         let kernel = kernel_time_wait(&topo.client);
         println!(
             "{t:3} {:8} {now:10} {:8} {ours:>21} {kernel:>25}",
@@ -98,7 +130,13 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client_loop(host: &Host, server: SocketAddr, ok: &AtomicU64, failed: &AtomicU64, stop: &AtomicBool) {
+fn client_loop(
+    host: &Host,
+    server: SocketAddr,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+    stop: &AtomicBool,
+) {
     if host.enter().is_err() {
         failed.fetch_add(1, Ordering::Relaxed);
         return;
