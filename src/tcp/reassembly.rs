@@ -248,7 +248,7 @@ mod tests {
                 let touching = (s.saturating_sub(1)..=stored_end.min(399)).any(|k| k >= rcv_nxt && have[k]);
                 let dropped = s > rcv_nxt && stored_end > s && !touching && runs == MAX_OOO;
                 let r = b.insert(s - rcv_nxt, &stream[s..end]);
-                if !dropped {
+                if !dropped && s < stored_end {
                     have[s..stored_end].fill(true);
                 }
                 let mut nxt = rcv_nxt;
