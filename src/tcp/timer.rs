@@ -41,6 +41,15 @@ impl TimerQueue {
         self.heap.peek().map(|Reverse((t, _, _))| *t)
     }
 
+    /// The earliest entry itself.
+    pub(crate) fn peek_entry(&self) -> Option<(Instant, u32, u32)> {
+        self.heap.peek().map(|Reverse(e)| *e)
+    }
+
+    pub(crate) fn pop(&mut self) {
+        self.heap.pop();
+    }
+
     /// Pop one entry due at `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, u32, u32)> {
         match self.heap.peek() {

@@ -151,7 +151,9 @@ impl Endpoint {
             if let Some(rst) = reset_for(tcp, payload.len()) {
                 self.push_control(tuple, rst);
             }
+            return;
         }
+        self.prune_timers();
     }
 
     fn connection_segment(&mut self, index: u32, tcp: &TcpRepr, payload: &[u8], now: Instant) {
@@ -211,6 +213,32 @@ impl Endpoint {
             if entry.holds_port {
                 self.ports.release(dest_key(&tuple), tuple.local.port());
             }
+        }
+        self.prune_timers();
+    }
+
+    /// Make the heap's top exact, so `poll_timeout` does not wake the caller
+    /// early: drop stale entries, and move an entry whose connection's deadline
+    /// moved later (e.g. an RTO restarted by an ACK) to that deadline. Each
+    /// entry is handled once, so this is amortised O(log n) per timer change.
+    fn prune_timers(&mut self) {
+        while let Some((t, index, generation)) = self.timers.peek_entry() {
+            let slot = &mut self.slots[index as usize];
+            let conn = match slot.conn.as_mut() {
+                Some(c) if slot.generation == generation && c.scheduled == Some(t) => c,
+                _ => {
+                    self.timers.pop();
+                    continue;
+                }
+            };
+            let next = conn.next_deadline();
+            if next == Some(t) {
+                return;
+            }
+            self.timers.pop();
+            conn.scheduled = None;
+            self.timers
+                .schedule(&mut conn.scheduled, next, index, generation);
         }
     }
 
