@@ -7,12 +7,12 @@
 
 mod config;
 mod congestion;
-mod connection;
+pub(crate) mod connection;
 mod control;
 mod endpoint;
 mod error;
 mod event;
-mod id;
+pub(crate) mod id;
 mod isn;
 mod listener;
 mod options;
@@ -27,7 +27,7 @@ mod stats;
 mod syn_cookies;
 mod time;
 mod timer;
-mod timewait;
+pub(crate) mod timewait;
 
 pub use config::Config;
 pub use endpoint::Endpoint;
