@@ -24,17 +24,24 @@ pub(crate) struct RecvBuffer {
     readable: usize,
     ooo: [(u32, u32); MAX_OOO],
     ooo_len: u8,
+    /// Test builds: which ring bytes hold data not yet read (checks the interval logic).
+    #[cfg(test)]
+    written: Vec<bool>,
 }
 
 impl RecvBuffer {
     pub(crate) fn new(storage: Box<[u8]>) -> Self {
         assert!(storage.len() < u32::MAX as usize);
+        #[cfg(test)]
+        let storage_len = storage.len();
         RecvBuffer {
             buf: storage,
             head: 0,
             readable: 0,
             ooo: [(0, 0); MAX_OOO],
             ooo_len: 0,
+            #[cfg(test)]
+            written: vec![false; storage_len],
         }
     }
 
@@ -68,6 +75,10 @@ impl RecvBuffer {
         let first = data.len().min(cap - start);
         self.buf[start..start + first].copy_from_slice(&data[..first]);
         self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        #[cfg(test)]
+        for i in 0..data.len() {
+            self.written[(start + i) % cap] = true;
+        }
     }
 
     /// Store `data`, which starts `offset` bytes after RCV.NXT. Bytes beyond the
@@ -157,6 +168,12 @@ impl RecvBuffer {
     /// Consume `n` in-order bytes without copying them.
     pub(crate) fn discard(&mut self, n: usize) {
         let n = n.min(self.readable);
+        #[cfg(test)]
+        for i in 0..n {
+            let k = (self.head + i) % self.buf.len();
+            assert!(self.written[k], "reading a ring byte never written");
+            self.written[k] = false;
+        }
         self.head = (self.head + n) % self.buf.len();
         self.readable -= n;
         let shift = n as u32;

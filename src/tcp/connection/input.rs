@@ -230,6 +230,10 @@ impl Connection {
                     // Data or FIN (often a retransmission whose ACK we lost):
                     // answer, as Linux does, without a rate limit.
                     self.ack_now = true;
+                    if self.state == State::TimeWait {
+                        // As for compact entries: the peer still needs our ACK.
+                        self.linger_at = Some(now + 2 * ctx.cfg.msl);
+                    }
                 } else {
                     self.rate_limited_ack(now, ctx, false);
                 }
@@ -385,6 +389,9 @@ impl Connection {
         if self.neg.timestamps {
             if let Some(ts) = seg.options.timestamps
                 && ts.tsecr != 0
+                && self
+                    .rexmit_tsval
+                    .is_none_or(|r| (ts.tsecr.wrapping_sub(r) as i32) >= 0)
             {
                 let ms = ts_clock(now, self.ts_offset).wrapping_sub(ts.tsecr);
                 // Ignore nonsense (an echo from the future or older than 10 minutes).

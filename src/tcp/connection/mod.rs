@@ -101,6 +101,10 @@ pub(crate) struct Connection {
     /// Karn timing without timestamps: (sequence number that ends the timed
     /// segment, when it was sent). Cleared on any retransmission.
     pub(crate) rtt_timing: Option<(Seq, Instant)>,
+    /// Our TSval when we last retransmitted: Karn's rule for timestamps. An
+    /// echo older than this belongs to a segment sent before the retransmission
+    /// (its ACK was lost), and would inflate RTT by the whole timeout.
+    pub(crate) rexmit_tsval: Option<u32>,
     pub(crate) cc: NewReno,
 
     pub(crate) rto_at: Option<Instant>,
@@ -178,6 +182,7 @@ impl Connection {
             recv_buf: RecvBuffer::new(recv),
             rtt: RttEstimator::new(cfg.rto_initial),
             rtt_timing: None,
+            rexmit_tsval: None,
             cc: NewReno::new(u32::from(neg.snd_mss), iss),
             rto_at: None,
             delack_at: None,

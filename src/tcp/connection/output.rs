@@ -127,6 +127,7 @@ impl Connection {
         };
         if self.snd_max != self.iss {
             ctx.stats.retransmits += 1;
+            self.rexmit_tsval = Some(tsval);
         } else if !self.neg.timestamps {
             self.rtt_timing = Some((self.iss + 1u32, now));
         }
@@ -211,6 +212,7 @@ impl Connection {
         let end = seq + (len as u32 + u32::from(fin));
         if seq < self.snd_max {
             ctx.stats.retransmits += 1;
+            self.rexmit_tsval = Some(ts_clock(now, self.ts_offset));
         } else if !self.neg.timestamps && self.rtt_timing.is_none() {
             self.rtt_timing = Some((end, now));
         }

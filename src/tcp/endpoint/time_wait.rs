@@ -151,11 +151,15 @@ impl Endpoint {
             self.send_time_wait_ack(tuple, now);
             return;
         }
-        // Anything else is an old duplicate: dropped; one carrying data or a FIN
-        // gets the ACK RFC 9293 prescribes for unacceptable segments (a bare ACK
-        // does not, to avoid ACK loops).
+        // Anything else is an old duplicate and is dropped. One carrying data
+        // or a FIN means the peer still lacks our ACK (it is retransmitting into
+        // our TIME-WAIT): answer it without a rate limit (RFC 9293, unacceptable
+        // segments get an ACK; data is no ACK-loop risk, as Linux reasons) and,
+        // like Linux, restart 2 MSL so the peer's next (backed-off)
+        // retransmission still finds us. A bare ACK gets nothing (no ACK war).
         self.drop_time_wait();
-        if (!payload.is_empty() || f.contains(TcpFlags::FIN)) && self.time_wait_ack_allowed(now) {
+        if !payload.is_empty() || f.contains(TcpFlags::FIN) {
+            self.time_wait.restart(&tuple, now + 2 * self.config.msl);
             self.send_time_wait_ack(tuple, now);
         }
     }
