@@ -477,8 +477,13 @@ fn execute(
     if c.needs_turnstile() {
         turnstile_bin(env)?;
     }
-    let topo =
-        Topology::new(TopologyConfig { queues: env.queues }).context("building the namespaces")?;
+    // wire-limit: one queue, so every frame reaches the one shard measured.
+    let queues = if scenario == Scenario::WireLimit {
+        1
+    } else {
+        env.queues
+    };
+    let topo = Topology::new(TopologyConfig { queues }).context("building the namespaces")?;
     let scratch = Scratch::new()?;
     // Declared after `topo`: dropped (killed, reaped) before it is torn down.
     let mut side: Vec<(String, Proc)> = Vec::new();
@@ -586,6 +591,10 @@ fn execute(
                 "--duration",
                 &dur,
             ]);
+            let mac = topo
+                .server
+                .sh_ok(&format!("cat /sys/class/net/{}/address", topo.server.dev))?;
+            cmd.args(["--iface", &topo.client.dev, "--dst-mac", mac.trim()]);
             Proc::spawn("syn-flood", cmd)?
         }
     };
@@ -625,7 +634,7 @@ fn execute(
     let Some(exit) = exit else {
         client.terminate(Duration::from_millis(500));
         anyhow::bail!(
-            "{} did not finish within {:.0} s: {}",
+            "{} had not exited {:.0} s after the start of a {duration} s run: {}",
             client.name,
             elapsed,
             client.stderr_tail()
@@ -663,7 +672,9 @@ fn execute(
             r.client = Some(rep);
         }
         Client::SynFlood => {
-            let line = json_line.context("syn-flood printed no report")?;
+            let line = json_line.with_context(|| {
+                format!("syn-flood printed no report: {}", client.stderr_tail())
+            })?;
             let v: serde_json::Value = serde_json::from_str(line)?;
             let rx = per_second(&server_samples, "turnstile_rx_packets_total", duration);
             let tx = per_second(&server_samples, "turnstile_tx_packets_total", duration);

@@ -1,6 +1,8 @@
-//! wire-limit's sender: bare TCP SYNs from a raw socket (sendmmsg batches),
-//! each from another source port, at a server with no listener behind the
-//! port, so every SYN costs the server one frame in and one RST out.
+//! wire-limit's sender: bare TCP SYNs as whole Ethernet frames on an
+//! AF_PACKET socket that bypasses the qdisc (sendmmsg batches; no routing,
+//! no IP layer), each from another source port, at a server with no listener
+//! behind the port, so every SYN costs the server one frame in and one RST
+//! out.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -16,6 +18,24 @@ pub struct FloodArgs {
     pub target: SocketAddrV4,
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
+    /// The interface to send on (its own MAC is the source).
+    #[arg(long)]
+    pub iface: String,
+    /// The server's MAC, aa:bb:cc:dd:ee:ff.
+    #[arg(long, value_parser = parse_mac)]
+    pub dst_mac: [u8; 6],
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(mac)
 }
 
 /// The 16-bit one's complement sum of `data`, folded (not complemented).
@@ -68,18 +88,47 @@ pub fn syn(src: Ipv4Addr, sport: u16, dst: SocketAddrV4, seq: u32) -> [u8; 40] {
 }
 
 pub fn run(args: FloodArgs) -> anyhow::Result<()> {
-    // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL.
+    let src_mac = parse_mac(
+        &std::fs::read_to_string(format!("/sys/class/net/{}/address", args.iface))
+            .with_context(|| format!("MAC of {}", args.iface))?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let ifindex = {
+        let name = std::ffi::CString::new(args.iface.clone())?;
+        // SAFETY: a valid NUL-terminated name.
+        unsafe { libc::if_nametoindex(name.as_ptr()) }
+    };
+    anyhow::ensure!(ifindex != 0, "no interface {}", args.iface);
+    let proto = (libc::ETH_P_IP as u16).to_be();
+    // SAFETY: plain socket(2).
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            libc::AF_PACKET,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
+            i32::from(proto),
         )
     };
-    anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    let dst = crate::sys::sockaddr(SocketAddrV4::new(*args.target.ip(), 0));
+    anyhow::ensure!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // Straight to the driver: no qdisc in the way of the rate.
+    let _ = crate::sys::set_int_opt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+    // SAFETY: sockaddr_ll is plain data.
+    let mut dst: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    dst.sll_family = libc::AF_PACKET as u16;
+    dst.sll_protocol = proto;
+    dst.sll_ifindex = ifindex as i32;
+    dst.sll_halen = 6;
+    dst.sll_addr[..6].copy_from_slice(&args.dst_mac);
     const BATCH: usize = 64;
-    let mut pkts = [[0u8; 40]; BATCH];
+    let mut pkts = [[0u8; 54]; BATCH];
+    for p in pkts.iter_mut() {
+        p[0..6].copy_from_slice(&args.dst_mac);
+        p[6..12].copy_from_slice(&src_mac);
+        p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    }
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(BATCH);
     for p in pkts.iter_mut() {
         iov.push(libc::iovec {
@@ -90,8 +139,8 @@ pub fn run(args: FloodArgs) -> anyhow::Result<()> {
     // SAFETY: mmsghdr is plain data; every pointer is filled below.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
     for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-        m.msg_hdr.msg_name = (&dst as *const libc::sockaddr_in).cast_mut().cast();
-        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        m.msg_hdr.msg_name = (&mut dst as *mut libc::sockaddr_ll).cast();
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
         m.msg_hdr.msg_iov = v;
         m.msg_hdr.msg_iovlen = 1;
     }
@@ -104,7 +153,12 @@ pub fn run(args: FloodArgs) -> anyhow::Result<()> {
         for p in pkts.iter_mut() {
             n = n.wrapping_add(1);
             let sport = 1024 + (n % 64000) as u16;
-            *p = syn(args.src, sport, args.target, n.wrapping_mul(2_654_435_761));
+            p[14..].copy_from_slice(&syn(
+                args.src,
+                sport,
+                args.target,
+                n.wrapping_mul(2_654_435_761),
+            ));
         }
         // SAFETY: msgs point at live packets, iovecs and the address.
         let rc = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0) };
@@ -146,5 +200,15 @@ mod tests {
         pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
         assert_eq!(fold(sum16(sum16(0, &pseudo), &p[20..])), 0);
         assert_eq!(p[33], 0x02);
+    }
+
+    #[test]
+    fn macs_parse() {
+        assert_eq!(
+            parse_mac("02:0a:ff:00:01:9c\n"),
+            Ok([2, 10, 255, 0, 1, 0x9c])
+        );
+        assert!(parse_mac("02:0a:ff").is_err());
+        assert!(parse_mac("zz:0a:ff:00:01:9c").is_err());
     }
 }
