@@ -335,11 +335,17 @@ fn write_outputs(
             };
         }
     }
+    // "mode=native zerocopy=no" from turnstile's listening line.
     let listening = results
         .iter()
         .flat_map(|r| r.listening.iter())
         .next()
-        .cloned();
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| w.starts_with("mode=") || w.starts_with("zerocopy="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
     let machine = serde_json::json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
@@ -376,7 +382,7 @@ fn write_outputs(
         )
     ));
     md.push_str(&format!(
-        "- Machine: {} cores ({}), Linux {}, {}; turnstile: {}\n",
+        "- Machine: {} cores ({}), Linux {}, {}; turnstile AF_XDP: {}\n",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),

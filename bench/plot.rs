@@ -44,14 +44,14 @@ pub struct Panel {
 
 /// Writes `base.png` and `base.svg` with the panels stacked vertically.
 pub fn write(base: &Path, panels: &[Panel]) -> anyhow::Result<()> {
-    let h = 420 * panels.len() as u32;
+    let h = 360 * panels.len() as u32;
     let png = base.with_extension("png");
     let svg = base.with_extension("svg");
     draw(
-        BitMapBackend::new(&png, (1000, h)).into_drawing_area(),
+        BitMapBackend::new(&png, (900, h)).into_drawing_area(),
         panels,
     )?;
-    draw(SVGBackend::new(&svg, (1000, h)).into_drawing_area(), panels)?;
+    draw(SVGBackend::new(&svg, (900, h)).into_drawing_area(), panels)?;
     Ok(())
 }
 

@@ -48,6 +48,9 @@ pub struct RunResult {
     pub listening: Vec<String>,
     pub server_samples: Vec<NsSample>,
     pub client_samples: Vec<NsSample>,
+    /// turnstile's counters over the run (increase; gauges: last value), per side.
+    pub turnstile_server: BTreeMap<String, u64>,
+    pub turnstile_client: BTreeMap<String, u64>,
     /// Frames through turnstile per accepted connection, when measured.
     pub frames_per_conn: Option<f64>,
 }

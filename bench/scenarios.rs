@@ -2,6 +2,7 @@
 //! namespaces, processes started inside them, sampled every second, stopped,
 //! reaped and torn down (drop guards, also on error or Ctrl-C).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::Command;
@@ -454,7 +455,7 @@ pub fn turnstile_run_config(iface: &str, queues: u32, port: u16, backend: Socket
     )
 }
 
-const METRIC_NAMES: [&str; 9] = [
+const METRIC_NAMES: [&str; 18] = [
     "turnstile_time_wait",
     "turnstile_connections_accepted_total",
     "turnstile_connections_opened_total",
@@ -464,6 +465,15 @@ const METRIC_NAMES: [&str; 9] = [
     "turnstile_time_wait_recycled_total{side=\"active\"}",
     "turnstile_rx_dropped_total{reason=\"ring_full\"}",
     "turnstile_rx_dropped_total{reason=\"no_frame\"}",
+    "turnstile_rx_dropped_total{reason=\"tcp\"}",
+    "turnstile_tx_dropped_total{reason=\"no_frame\"}",
+    "turnstile_retransmits_total",
+    "turnstile_handoff_total",
+    "turnstile_handoff_dropped_total",
+    "turnstile_rst_sent_total",
+    "turnstile_time_wait_recycled_total{side=\"passive\"}",
+    "turnstile_connect_failures_total{reason=\"timeout\"}",
+    "turnstile_time_wait_expired_total",
 ];
 
 fn execute(
@@ -724,6 +734,8 @@ fn execute(
             }
         }
     }
+    r.turnstile_server = counter_deltas(&server_samples);
+    r.turnstile_client = counter_deltas(&client_samples);
     r.server_samples = server_samples;
     r.client_samples = client_samples;
     for (_, p) in side.iter_mut().rev() {
@@ -742,6 +754,24 @@ fn execute(
     drop(side);
     drop(topo);
     Ok(())
+}
+
+/// How much each turnstile counter grew over the run (gauges: last value).
+pub fn counter_deltas(samples: &[NsSample]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return out;
+    };
+    for (k, v) in &last.metrics {
+        let gauge = !k.contains("_total");
+        let base = if gauge {
+            0
+        } else {
+            first.metrics.get(k).copied().unwrap_or(0)
+        };
+        out.insert(k.clone(), v.saturating_sub(base));
+    }
+    out
 }
 
 /// Kernel TIME_WAIT plus turnstile's own gauge, per sample.
@@ -830,6 +860,22 @@ mod tests {
         let v = [s(None), s(Some(5)), s(Some(15)), s(Some(15)), s(Some(40))];
         assert_eq!(per_second(&v, "c", 3.0), vec![5.0, 10.0, 0.0]);
         assert_eq!(per_second(&v, "c", 10.0).len(), 4);
+    }
+
+    #[test]
+    fn counters_grow_gauges_stay() {
+        let s = |tw: u64, acc: u64| NsSample {
+            metrics: [
+                ("turnstile_time_wait".to_string(), tw),
+                ("turnstile_connections_accepted_total".to_string(), acc),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let d = counter_deltas(&[s(5, 100), s(9, 150), s(7, 400)]);
+        assert_eq!(d["turnstile_time_wait"], 7);
+        assert_eq!(d["turnstile_connections_accepted_total"], 300);
+        assert!(counter_deltas(&[]).is_empty());
     }
 
     #[test]
