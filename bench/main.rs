@@ -411,6 +411,7 @@ fn write_outputs(
     ));
     md.push_str("- TIME_WAIT: kernel sockets (sockstat of the namespace) plus turnstile's `turnstile_time_wait`, sampled each second, maximum shown. CPU: seconds of user+system time of each role's processes within the run, per 1,000 good connections.\n\n");
     md.push_str(&report::markdown(&summaries, ceiling));
+    md.push_str(&report::targets(&summaries, results, ceiling));
     md.push_str("Plots: `<scenario>-rate.png|svg` (good connections per second) and `<scenario>-time-wait.png|svg` (TIME_WAIT per side), one line per contender and round.\n");
     std::fs::write(out.join("summary.md"), &md)?;
 

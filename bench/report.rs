@@ -267,6 +267,105 @@ pub fn markdown(summaries: &[Summary], ceiling_cps: Option<f64>) -> String {
     out
 }
 
+fn find<'a>(s: &'a [Summary], scenario: &str, contender: &str) -> Option<&'a Summary> {
+    s.iter()
+        .find(|x| x.scenario == scenario && x.contender == contender)
+}
+
+fn median(s: Option<&Summary>) -> Option<f64> {
+    s?.rate.map(|r| r.median)
+}
+
+/// The targets, each with the figures it was judged on.
+pub fn targets(s: &[Summary], runs: &[RunResult], ceiling_cps: Option<f64>) -> String {
+    let mut out = String::from("### Targets\n\n| target | figures | met |\n|---|---|---|\n");
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "not measured",
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let x = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into());
+    let tt = median(find(s, "accept-churn", "turnstile -> turnstile"));
+    let kk = median(find(s, "accept-churn", "kernel -> kernel"));
+    let r = ratio(tt, kk);
+    out.push_str(&format!(
+        "| accept-churn turnstile->turnstile >= 3x kernel->kernel | {:.0} vs {:.0} conn/s: {} | {} |\n",
+        tt.unwrap_or(0.0),
+        kk.unwrap_or(0.0),
+        x(r),
+        verdict(r.map(|r| r >= 3.0))
+    ));
+    let frac = ratio(tt, ceiling_cps);
+    out.push_str(&format!(
+        "| accept-churn >= 50% of the wire-limit ceiling | {:.0} of {:.0} conn/s: {} | {} |\n",
+        tt.unwrap_or(0.0),
+        ceiling_cps.unwrap_or(0.0),
+        frac.map(|f| format!("{:.0}%", f * 100.0))
+            .unwrap_or_else(|| "-".into()),
+        verdict(frac.map(|f| f >= 0.5))
+    ));
+    // Sustained: no failure, and the last third of the run at >= 80% of the first third.
+    let load = find(s, "connect-churn", "turnstile load");
+    let series: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.scenario == "connect-churn" && r.contender == "turnstile load")
+        .flat_map(|r| r.ok_per_s.iter().copied())
+        .collect();
+    let third = series.len() / 3;
+    let sustained = (third > 0).then(|| {
+        let head = Spread::of(&series[..third]).map_or(0.0, |x| x.median);
+        let tail = Spread::of(&series[series.len() - third..]).map_or(0.0, |x| x.median);
+        (head, tail)
+    });
+    let horizon = runs
+        .iter()
+        .filter(|r| r.scenario == "connect-churn")
+        .map(|r| r.duration_s)
+        .fold(0.0, f64::max);
+    let defaults = find(s, "connect-churn", "kernel defaults");
+    out.push_str(&format!(
+        "| connect-churn: turnstile sustains its rate over the horizon with zero failures | {:.0} s run; first third {:.0}/s, last third {:.0}/s; failures {}; kernel defaults: {} ok, {} | {} |\n",
+        horizon,
+        sustained.map_or(0.0, |s| s.0),
+        sustained.map_or(0.0, |s| s.1),
+        load.map_or("-".into(), |l| failures_text(&l.failures)),
+        defaults.map_or(0, |d| d.ok),
+        defaults.map_or("-".into(), |d| failures_text(&d.failures)),
+        verdict(load.zip(sustained).map(|(l, (h, t))| {
+            l.failures.values().sum::<u64>() == 0 && t >= 0.8 * h && horizon >= 90.0
+        }))
+    ));
+    let reuse = median(find(s, "connect-churn", "kernel tw_reuse=1"));
+    let r = ratio(median(load), reuse);
+    out.push_str(&format!(
+        "| connect-churn turnstile >= 5x kernel with tcp_tw_reuse=1 | {:.0} vs {:.0} conn/s: {} (vs tw_reuse_delay=10ms: {}) | {} |\n",
+        median(load).unwrap_or(0.0),
+        reuse.unwrap_or(0.0),
+        x(r),
+        x(ratio(median(load), median(find(s, "connect-churn", "kernel tw_reuse=1 delay=10ms")))),
+        verdict(r.map(|r| r >= 5.0))
+    ));
+    let run = find(s, "proxy-churn", "turnstile run");
+    let ha = find(s, "proxy-churn", "haproxy");
+    let r = ratio(median(run), median(ha));
+    let p99 = |x: Option<&Summary>| x.and_then(|x| x.latency).map(|l| l.p99_us);
+    out.push_str(&format!(
+        "| proxy-churn turnstile run >= 2x HAProxy with a lower p99 | {:.0} vs {:.0} conn/s: {}; p99 {} vs {} ms | {} |\n",
+        median(run).unwrap_or(0.0),
+        median(ha).unwrap_or(0.0),
+        x(r),
+        p99(run).map_or("-".into(), |v| format!("{:.2}", v as f64 / 1000.0)),
+        p99(ha).map_or("-".into(), |v| format!("{:.2}", v as f64 / 1000.0)),
+        verdict(r.zip(p99(run).zip(p99(ha))).map(|(r, (a, b))| r >= 2.0 && a < b))
+    ));
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +433,38 @@ mod tests {
         let s = summarize(&[&a, &b]);
         assert_eq!(s.latency_method, "worst round's percentiles");
         assert!(s.latency.unwrap().p50_us >= 500);
+    }
+
+    #[test]
+    fn targets_are_judged_on_medians() {
+        let mk = |sc: &str, c: &str, rate: f64| Summary {
+            scenario: sc.into(),
+            contender: c.into(),
+            rate: Spread::of(&[rate]),
+            ..Default::default()
+        };
+        let s = vec![
+            mk("accept-churn", "turnstile -> turnstile", 300.0),
+            mk("accept-churn", "kernel -> kernel", 100.0),
+            mk("connect-churn", "turnstile load", 40.0),
+            mk("connect-churn", "kernel tw_reuse=1", 10.0),
+        ];
+        let runs = vec![RunResult {
+            scenario: "connect-churn".into(),
+            contender: "turnstile load".into(),
+            duration_s: 100.0,
+            ok_per_s: vec![40.0; 100],
+            ..Default::default()
+        }];
+        let t = targets(&s, &runs, Some(1000.0));
+        assert!(t.contains("300 vs 100 conn/s: 3.00x | yes |"), "{t}");
+        assert!(t.contains("300 of 1000 conn/s: 30% | **no** |"), "{t}");
+        assert!(t.contains("40 vs 10 conn/s: 4.00x"), "{t}");
+        assert!(
+            t.contains("first third 40/s, last third 40/s; failures 0"),
+            "{t}"
+        );
+        assert!(t.contains("| not measured |"), "{t}");
     }
 
     #[test]
