@@ -73,6 +73,57 @@ struct ClientCli {
     args: kernel_client::ClientArgs,
 }
 
+/// `turnstile-bench report DIR`: summary, table and plots again from DIR/runs.
+#[derive(Parser)]
+struct ReportCli {
+    dir: PathBuf,
+}
+
+fn rereport(dir: &Path) -> anyhow::Result<()> {
+    let mut results: Vec<RunResult> = Vec::new();
+    for e in
+        std::fs::read_dir(dir.join("runs")).with_context(|| format!("{}/runs", dir.display()))?
+    {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let text = std::fs::read_to_string(&p)?;
+            results.push(serde_json::from_str(&text).with_context(|| format!("{}", p.display()))?);
+        }
+    }
+    // Scenario order, then start time, then round.
+    let order = |r: &RunResult| {
+        Scenario::ALL
+            .iter()
+            .position(|s| s.name() == r.scenario)
+            .unwrap_or(9)
+    };
+    results.sort_by(|a, b| {
+        (order(a), &a.started_utc, a.round).cmp(&(order(b), &b.started_utc, b.round))
+    });
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &results {
+        let k = (r.scenario.clone(), r.contender.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let old: serde_json::Value = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let info = RunInfo {
+        command: old["command"]
+            .as_str()
+            .unwrap_or("turnstile-bench")
+            .to_string(),
+        date_utc: old["machine"]["date_utc"].as_str().map(str::to_string),
+        concurrency: old["concurrency"].as_u64().unwrap_or(64) as usize,
+        elapsed: old["elapsed_s"].as_f64().unwrap_or(0.0),
+        interrupted: old["interrupted"].as_bool().unwrap_or(false),
+    };
+    write_outputs(dir, &info, &keys, &results)
+}
+
 #[derive(Parser)]
 struct FloodCli {
     #[command(flatten)]
@@ -86,6 +137,7 @@ fn main() -> ExitCode {
         Some("kernel-server") => Some(kernel_server::run(ServerCli::parse_from(&argv[1..]).args)),
         Some("kernel-client") => Some(kernel_client::run(ClientCli::parse_from(&argv[1..]).args)),
         Some("syn-flood") => Some(syn_flood::run(FloodCli::parse_from(&argv[1..]).args)),
+        Some("report") => Some(rereport(&ReportCli::parse_from(&argv[1..]).dir)),
         _ => None,
     };
     if let Some(result) = hidden {
@@ -266,7 +318,21 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let interrupted = stop.load(Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    write_outputs(&cli, &out, &plan, &results, elapsed, interrupted)?;
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for p in &plan {
+        let k = (p.scenario.name().to_string(), p.contender.name.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let info = RunInfo {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        date_utc: None,
+        concurrency: cli.concurrency,
+        elapsed,
+        interrupted,
+    };
+    write_outputs(&out, &info, &keys, &results)?;
     eprintln!("results in {} ({elapsed:.0} s)", out.display());
     Ok(if interrupted {
         ExitCode::from(130)
@@ -291,22 +357,24 @@ fn slug(s: &str) -> String {
 /// be measured: SYN, ACK, request, FIN in; SYN-ACK, response, FIN, last ACK out.
 const NOMINAL_FRAMES_PER_CONN: f64 = 8.0;
 
-fn write_outputs(
-    cli: &Cli,
-    out: &Path,
-    plan: &[Planned],
-    results: &[RunResult],
+/// What the summary says about how the run was made.
+struct RunInfo {
+    command: String,
+    /// When re-reporting: the original run's date.
+    date_utc: Option<String>,
+    concurrency: usize,
     elapsed: f64,
     interrupted: bool,
+}
+
+fn write_outputs(
+    out: &Path,
+    info: &RunInfo,
+    keys: &[(String, String)],
+    results: &[RunResult],
 ) -> anyhow::Result<()> {
+    let (elapsed, interrupted) = (info.elapsed, info.interrupted);
     // Summaries in plan order, one per (scenario, contender).
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for p in plan {
-        let k = (p.scenario.name().to_string(), p.contender.name.clone());
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
     let mut summaries: Vec<Summary> = keys
         .iter()
         .filter_map(|(s, c)| {
@@ -352,13 +420,14 @@ fn write_outputs(
         "kernel": sh("uname -r"),
         "link": "veth pair between two network namespaces, TX checksum/TSO/GSO/GRO off",
         "turnstile_listening": listening,
-        "date_utc": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": info.date_utc.clone().unwrap_or_else(|| sh("date -u +%Y-%m-%dT%H:%M:%SZ")),
         "haproxy": sh("haproxy -v 2>/dev/null | head -1"),
         "nginx": sh("nginx -v 2>&1"),
     });
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = info.command.clone();
     let summary_json = serde_json::json!({
         "command": command,
+        "concurrency": info.concurrency,
         "machine": machine,
         "elapsed_s": elapsed,
         "interrupted": interrupted,
@@ -403,7 +472,7 @@ fn write_outputs(
          every response compared byte for byte with the one both servers send (`HTTP/1.1 200 OK`, body `turnstile\\n`), anything else is a failure. \
          Pinning: none; every process may use every core (client and server share them), except turnstile's shard threads, which pin themselves \
          (shard i on core i), and wire-limit's SYN sender, pinned to the last core.\n",
-        cli.concurrency
+        info.concurrency
     ));
     md.push_str(&format!(
         "- conn/s: median of 1 s intervals over all rounds (p10-p90). \"of ceiling\": that median over the wire-limit ceiling = AF_XDP frames/s of one core / {frames:.1} frames per connection ({}).\n",

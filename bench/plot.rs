@@ -95,6 +95,7 @@ where
             .map_err(e)?;
         chart
             .configure_mesh()
+            .light_line_style(TRANSPARENT)
             .x_desc("seconds into the run")
             .y_desc(p.y_label.as_str())
             .y_label_formatter(&|v| format!("{v:.0}"))
