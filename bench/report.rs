@@ -158,6 +158,16 @@ pub fn ceiling(wire: &Summary, frames_per_conn: f64) -> Option<f64> {
     (frames_per_conn > 0.0).then(|| pps / frames_per_conn)
 }
 
+/// Whether the shard or the sender set the wire-limit figure: frames lost
+/// before AF_XDP (more than 1% of those received) mean the shard was full.
+pub fn limited_by(w: &Wire) -> &'static str {
+    match (w.rx_pps, w.dropped_pps) {
+        (Some(rx), Some(lost)) if lost.median > 0.01 * rx.median => "the shard (frames lost)",
+        (Some(_), _) => "the sender: a lower bound",
+        _ => "-",
+    }
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
@@ -199,7 +209,7 @@ pub fn markdown(summaries: &[Summary], ceiling_cps: Option<f64>) -> String {
         if sc == "wire-limit" {
             let _ = writeln!(
                 out,
-                "| contender | sent pps | rx pps (median, p10-p90) | tx pps | frames/s total | lost before AF_XDP /s | ceiling conn/s |\n|---|---|---|---|---|---|---|"
+                "| contender | sent pps | rx pps (median, p10-p90) | tx pps | frames/s total | lost before AF_XDP /s | limited by | ceiling conn/s |\n|---|---|---|---|---|---|---|---|"
             );
             for s in summaries.iter().filter(|s| s.scenario == sc) {
                 let w = s.wire.clone().unwrap_or_default();
@@ -209,19 +219,20 @@ pub fn markdown(summaries: &[Summary], ceiling_cps: Option<f64>) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | {} | {} | {} | {} | {} |",
+                    "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                     s.contender,
                     w.sent_pps,
                     sp(w.rx_pps),
                     sp(w.tx_pps),
                     sp(w.total_pps),
                     sp(w.dropped_pps),
+                    limited_by(&w),
                     ceiling_cps
                         .map(|c| format!("{c:.0}"))
                         .unwrap_or_else(|| "-".into())
                 );
                 for e in &s.errors {
-                    let _ = writeln!(out, "| | error: {} | | | | | |", e.replace('|', "/"));
+                    let _ = writeln!(out, "| | error: {} | | | | | | |", e.replace('|', "/"));
                 }
             }
             out.push('\n');
@@ -335,9 +346,13 @@ pub fn targets(s: &[Summary], runs: &[RunResult], ceiling_cps: Option<f64>) -> S
         load.map_or("-".into(), |l| failures_text(&l.failures)),
         defaults.map_or(0, |d| d.ok),
         defaults.map_or("-".into(), |d| failures_text(&d.failures)),
-        verdict(load.zip(sustained).map(|(l, (h, t))| {
-            l.failures.values().sum::<u64>() == 0 && t >= 0.8 * h && horizon >= 90.0
-        }))
+        if horizon < 90.0 {
+            "not measured (needs --full: >= 90 s)"
+        } else {
+            verdict(load.zip(sustained).map(|(l, (h, t))| {
+                l.failures.values().sum::<u64>() == 0 && t >= 0.8 * h
+            }))
+        }
     ));
     let reuse = median(find(s, "connect-churn", "kernel tw_reuse=1"));
     let r = ratio(median(load), reuse);
@@ -478,5 +493,13 @@ mod tests {
         };
         assert_eq!(ceiling(&w, 8.0), Some(100_000.0));
         assert_eq!(ceiling(&Summary::default(), 8.0), None);
+        let mut w = Wire {
+            rx_pps: Spread::of(&[1000.0]),
+            dropped_pps: Spread::of(&[500.0]),
+            ..Default::default()
+        };
+        assert_eq!(limited_by(&w), "the shard (frames lost)");
+        w.dropped_pps = Spread::of(&[0.0]);
+        assert_eq!(limited_by(&w), "the sender: a lower bound");
     }
 }
