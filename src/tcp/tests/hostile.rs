@@ -78,6 +78,23 @@ proptest! {
     #[test]
     fn random_segments_never_panic(segs in proptest::collection::vec(fuzz(), 1..60)) {
         let mut p = Pair::new();
+        // A TIME-WAIT entry on A for 40001 <-> 80 ...
+        let tw = p.a.connect_from(
+            std::net::SocketAddrV4::new(A_IP, 40001),
+            p.tuple.remote,
+            p.now,
+        ).unwrap();
+        p.drive();
+        p.a.close(tw).unwrap();
+        p.drive();
+        while let Some((id, _)) = p.b.poll_event() {
+            let _ = p.b.close(id);
+        }
+        p.drive();
+        prop_assert_eq!(p.a.time_wait_count(), 1);
+        p.a_events();
+        p.b_events();
+        // ... an established connection and one half-closed by B.
         let (a_id, b_id, a_iss, b_iss) = p.establish();
         p.a.send(a_id, &[1u8; 5000]).unwrap();
         p.drive();
