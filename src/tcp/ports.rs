@@ -230,6 +230,33 @@ mod tests {
         assert_eq!(a.allocate(key(80), 12345, |_| true), Some(1050));
     }
 
+    /// The kernel's weakness: with a range nearly full of TIME-WAIT tuples, it
+    /// probes port after port. Here a full range churned oldest-first (as
+    /// TIME-WAIT expiry frees ports) costs one table check per allocation.
+    #[test]
+    fn churn_on_a_full_range_is_one_probe_per_allocation() {
+        let mut a = PortAllocator::new(32768..=60999);
+        let mut order = std::collections::VecDeque::new();
+        while let Some(p) = a.allocate(key(80), 99, |_| true) {
+            order.push_back(p);
+        }
+        assert_eq!(order.len(), 28232);
+        let mut probes = 0u64;
+        for _ in 0..100_000 {
+            let oldest = order.pop_front().unwrap();
+            a.release(key(80), oldest);
+            let p = a
+                .allocate(key(80), 99, |_| {
+                    probes += 1;
+                    true
+                })
+                .unwrap();
+            assert_eq!(p, oldest);
+            order.push_back(p);
+        }
+        assert_eq!(probes, 100_000);
+    }
+
     #[test]
     fn skips_ports_the_tables_reject() {
         let mut a = PortAllocator::new(1000..=1003);
