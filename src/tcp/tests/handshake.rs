@@ -379,3 +379,68 @@ fn a_full_accept_queue_holds_back_handshakes() {
         Some((_, Event::Accepted { .. }))
     ));
 }
+
+#[test]
+fn close_in_syn_sent_deletes_the_connection() {
+    let mut p = Pair::new();
+    let a_id = p.connect();
+    let _syn = p.a_sends();
+    p.a.close(a_id).unwrap();
+    p.a_silent();
+    assert_eq!(p.a_events(), vec![(a_id, Event::Closed)]);
+    assert_eq!(
+        p.a_states,
+        vec![State::Closed, State::SynSent, State::Closed]
+    );
+    assert_eq!(p.a.connection_count(), 0);
+}
+
+#[test]
+fn shutdown_before_the_handshake_sends_fin_after_it() {
+    let mut p = Pair::new();
+    let a_id = p.connect();
+    p.a.send(a_id, b"early").unwrap();
+    p.a.shutdown(a_id).unwrap();
+    let syn = p.a_sends();
+    p.a_silent(); // nothing but the SYN before the handshake
+    p.deliver_b(&syn);
+    let synack = p.b_sends();
+    p.deliver_a(&synack);
+    let d = p.a_sends();
+    d.expect(ACK | PSH | FIN, add(syn.tcp.seq, 1), add(synack.tcp.seq, 1));
+    assert_eq!(d.payload, b"early");
+    assert_eq!(
+        p.a_states,
+        vec![State::Closed, State::SynSent, State::FinWait1]
+    );
+}
+
+#[test]
+fn rst_in_syn_received_returns_a_passive_open_to_listen_silently() {
+    let mut p = Pair::new();
+    p.connect();
+    let syn = p.a_sends();
+    p.deliver_b(&syn);
+    let synack = p.b_sends();
+    let rst = Seg {
+        tcp: TcpRepr {
+            seq: add(syn.tcp.seq, 1),
+            flags: RST,
+            options: TcpOptions::default(),
+            ..syn.tcp
+        },
+        ..syn.clone()
+    };
+    p.deliver_b(&rst);
+    assert!(p.b_events().is_empty(), "the application never saw it");
+    assert_eq!(
+        p.b_states,
+        vec![State::Listen, State::SynReceived, State::Closed]
+    );
+    assert_eq!(p.b.connection_count(), 0);
+    // The listener still works.
+    p.deliver_b(&syn);
+    // (Same tuple, same clock: the same ISN.)
+    p.b_sends()
+        .expect(SYN | ACK, synack.tcp.seq, add(syn.tcp.seq, 1));
+}
