@@ -89,7 +89,10 @@ print(sum(bad.values()), sum(bad_conc.values()), dict(bad), dict(bad_conc))
 "#
         ),
     );
-    assert!(out.starts_with("0 0 "), "sequential and concurrent errors: {out}");
+    assert!(
+        out.starts_with("0 0 "),
+        "sequential and concurrent errors: {out}"
+    );
 
     // We closed first, so the TIME_WAIT entries are ours, and they go after 2MSL.
     // Shards publish their counters every 50 ms: allow for that.
