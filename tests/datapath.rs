@@ -180,31 +180,11 @@ fn sigterm_detaches_and_exits_zero() {
         return;
     }
     let topo = Topology::new(TopologyConfig::default()).expect("topology");
-    let mut cmd = topo.server.command(BIN);
-    cmd.args(["serve", "--iface", &topo.server.dev, "--port", "7000"])
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("listening "));
+    let mut child = spawn_serve_owned(&topo, &["--port", "7000"]);
     // SAFETY: plain kill(2) of the child we started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = status.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("turnstile did not exit within 5 s of SIGTERM")
-    });
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, Duration::from_secs(5))
+        .expect("turnstile must exit within 5 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     assert!(!xdp_attached(&topo));
 }
