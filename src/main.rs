@@ -191,10 +191,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Run { config } => Err(anyhow::anyhow!(
-            "turnstile run --config {}: the sidecar is not built yet (issue #6)",
-            config.display()
-        )),
+        Command::Run { config } => turnstile::sidecar::run(&config, print_ready),
         Command::Demo => Err(anyhow::anyhow!("turnstile demo: not built yet")),
     };
     match result {

@@ -11,10 +11,11 @@ pub mod discard;
 pub mod echo;
 pub mod http;
 pub mod load;
+pub mod proxy;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::tcp::{ConnError, ConnId, ConnectError, Endpoint, Event, Instant, State};
+use crate::tcp::{ConnError, ConnId, ConnectError, Endpoint, Event, FourTuple, Instant, State};
 
 /// Why an active open could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,10 @@ impl Ctx<'_> {
     }
     pub fn recv_available(&self, id: ConnId) -> usize {
         self.ep.recv_available(id)
+    }
+    /// The connection's addresses (the proxy hashes the client's).
+    pub fn tuple(&self, id: ConnId) -> Option<FourTuple> {
+        self.ep.tuple(id)
     }
     /// Opens a connection from this shard's address and port range.
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, OpenError> {
