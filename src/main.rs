@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod demo;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use turnstile::app::App;
@@ -182,7 +184,10 @@ fn main() -> ExitCode {
                 target,
                 total: connections,
                 concurrency,
-                request: format!("GET / HTTP/1.1\r\nHost: {target}\r\nUser-Agent: turnstile-load\r\n\r\n").into_bytes(),
+                request: format!(
+                    "GET / HTTP/1.1\r\nHost: {target}\r\nUser-Agent: turnstile-load\r\n\r\n"
+                )
+                .into_bytes(),
                 expect_body: expect_body.map(String::into_bytes),
             };
             match load(opts, cfg, Duration::from_secs(timeout_s)) {
@@ -192,7 +197,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => turnstile::sidecar::run(&config, print_ready),
-        Command::Demo => Err(anyhow::anyhow!("turnstile demo: not built yet")),
+        Command::Demo => demo::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -204,7 +209,9 @@ fn main() -> ExitCode {
 }
 
 fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
-    let (lo, hi) = s.split_once('-').ok_or("expected LO-HI, e.g. 40000-40999")?;
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or("expected LO-HI, e.g. 40000-40999")?;
     let lo: u16 = lo.trim().parse().map_err(|_| format!("bad port {lo:?}"))?;
     let hi: u16 = hi.trim().parse().map_err(|_| format!("bad port {hi:?}"))?;
     if lo == 0 || lo > hi {
@@ -235,7 +242,10 @@ fn print_ready(line: &str) {
 }
 
 fn serve(opts: StackOptions, app: Option<AppKind>) -> anyhow::Result<()> {
-    fn go<A: App + Send + 'static>(opts: &StackOptions, make: impl Fn() -> A) -> anyhow::Result<()> {
+    fn go<A: App + Send + 'static>(
+        opts: &StackOptions,
+        make: impl Fn() -> A,
+    ) -> anyhow::Result<()> {
         let running = runtime::start(opts, |_, _| make())?;
         print_ready(&running.listening_line(&opts.ports));
         wait_for_signal(|| false)?;
@@ -247,7 +257,10 @@ fn serve(opts: StackOptions, app: Option<AppKind>) -> anyhow::Result<()> {
         Some(AppKind::Http) => go(&opts, Http::default),
         Some(AppKind::Discard) => go(&opts, Discard::default),
         None => {
-            let opts = StackOptions { listen: false, ..opts };
+            let opts = StackOptions {
+                listen: false,
+                ..opts
+            };
             go(&opts, Discard::default)
         }
     }

@@ -218,9 +218,24 @@ impl Registry {
                 ("reason=\"no_neighbor\"", s(|m| &m.tx_no_neighbor)),
             ],
         );
-        metric("turnstile_connections", "gauge", "Connections in any state but TIME_WAIT.", &[("", s(|m| &m.connections))]);
-        metric("turnstile_time_wait_expired_total", "counter", "TIME_WAIT entries that reached 2MSL.", &[("", s(|m| &m.time_wait_expired))]);
-        metric("turnstile_handoff_dropped_total", "counter", "Frames for another shard dropped (no buffer or queue full).", &[("", s(|m| &m.handoff_dropped))]);
+        metric(
+            "turnstile_connections",
+            "gauge",
+            "Connections in any state but TIME_WAIT.",
+            &[("", s(|m| &m.connections))],
+        );
+        metric(
+            "turnstile_time_wait_expired_total",
+            "counter",
+            "TIME_WAIT entries that reached 2MSL.",
+            &[("", s(|m| &m.time_wait_expired))],
+        );
+        metric(
+            "turnstile_handoff_dropped_total",
+            "counter",
+            "Frames for another shard dropped (no buffer or queue full).",
+            &[("", s(|m| &m.handoff_dropped))],
+        );
         metric(
             "turnstile_handoff_total",
             "counter",

@@ -13,7 +13,9 @@ const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reserve local ports {lo}-{hi} from the kernel ({path}: {err}); choose a range outside ip_local_port_range or run as root")]
+#[error(
+    "cannot reserve local ports {lo}-{hi} from the kernel ({path}: {err}); choose a range outside ip_local_port_range or run as root"
+)]
 pub struct ReserveError {
     lo: u16,
     hi: u16,
@@ -34,8 +36,8 @@ fn kernel_range() -> Option<RangeInclusive<u16>> {
 }
 
 pub fn reserve(range: &RangeInclusive<u16>) -> Result<Reservation, ReserveError> {
-    let overlaps = kernel_range()
-        .is_some_and(|k| range.start() <= k.end() && k.start() <= range.end());
+    let overlaps =
+        kernel_range().is_some_and(|k| range.start() <= k.end() && k.start() <= range.end());
     if !overlaps {
         return Ok(Reservation { previous: None });
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::app::App;
 use crate::iface::{Iface, IfaceError};
 use crate::metrics::{self, Registry, ShardMetrics};
-use crate::ports::{self, ReserveError, Reservation};
+use crate::ports::{self, Reservation, ReserveError};
 use crate::shard::flow::FlowMap;
 use crate::shard::handoff::Exchange;
 use crate::shard::neighbors::Neighbors;
@@ -67,8 +67,14 @@ pub enum StartError {
     Xsk(#[from] XskError),
     #[error(transparent)]
     Reserve(#[from] ReserveError),
-    #[error("--queues {asked} is more than the {have} receive queues of {iface} (see `ethtool -l {iface}`)")]
-    TooManyQueues { asked: u32, have: u32, iface: String },
+    #[error(
+        "--queues {asked} is more than the {have} receive queues of {iface} (see `ethtool -l {iface}`)"
+    )]
+    TooManyQueues {
+        asked: u32,
+        have: u32,
+        iface: String,
+    },
     #[error("--queues must be at least 1")]
     NoQueues,
     #[error("no port given: name at least one TCP port to steer")]
@@ -80,7 +86,10 @@ pub enum StartError {
     #[error("port {0} is both a listening port and in the active-open range")]
     PortClash(u16),
     #[error("cannot serve metrics on {addr}: {err}")]
-    Metrics { addr: SocketAddr, err: std::io::Error },
+    Metrics {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
     #[error("could not start a shard thread: {0}")]
     Thread(std::io::Error),
     #[error("no randomness for the ISN secret: {0}")]
@@ -217,7 +226,11 @@ where
             xsk,
             endpoint: Endpoint::new(cfg, secret),
             app: make_app(id, shards),
-            ports: if opts.listen { opts.ports.clone() } else { Vec::new() },
+            ports: if opts.listen {
+                opts.ports.clone()
+            } else {
+                Vec::new()
+            },
             local_mac: iface.mac,
             local_ip: iface.ipv4,
             neighbors: Neighbors::new(iface.clone()),

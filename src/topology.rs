@@ -45,6 +45,19 @@ impl Host {
         cmd
     }
 
+    /// Moves the calling thread into this host's namespace (setns(2)); its
+    /// sockets from then on are this host's.
+    pub fn enter(&self) -> std::io::Result<()> {
+        let path = format!("/var/run/netns/{}", self.netns);
+        let file = std::fs::File::open(&path)?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace fd; setns only affects this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Runs a shell line in this namespace and returns its output.
     pub fn sh(&self, line: &str) -> Result<Output, TopologyError> {
         let mut cmd = self.command("sh");

@@ -24,14 +24,25 @@ fn http_answers_curl_python_and_20k_short_connections() {
     let mut topo = two_queues();
     let (line, _) = start_serve(
         &mut topo,
-        &["--port", "8080", "--app", "http", "--msl-ms", "1500", "--metrics", "127.0.0.1:9911"],
+        &[
+            "--port",
+            "8080",
+            "--app",
+            "http",
+            "--msl-ms",
+            "1500",
+            "--metrics",
+            "127.0.0.1:9911",
+        ],
     );
     assert!(line.contains("queues=2"), "{line}");
     let ip = topo.server.ip;
 
     let out = topo
         .client
-        .sh_ok(&format!("curl -s -i --http1.1 --max-time 5 http://{ip}:8080/"))
+        .sh_ok(&format!(
+            "curl -s -i --http1.1 --max-time 5 http://{ip}:8080/"
+        ))
         .expect("curl");
     assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
     assert!(out.contains("Connection: close"), "{out}");
@@ -78,7 +89,10 @@ print(bad, bad_conc)
 
     // We closed first, so the TIME_WAIT entries are ours, and they go after 2MSL.
     let text = scrape(&topo, "127.0.0.1:9911");
-    assert!(metric(&text, "turnstile_connections_accepted_total") >= 20_001, "{text}");
+    assert!(
+        metric(&text, "turnstile_connections_accepted_total") >= 20_001,
+        "{text}"
+    );
     let tw = metric(&text, "turnstile_time_wait");
     assert!(tw > 0, "TIME_WAIT entries must be reported: {text}");
     let mut last = String::new();
@@ -99,7 +113,17 @@ fn echo_survives_five_percent_loss_both_ways() {
         return;
     }
     let mut topo = two_queues();
-    start_serve(&mut topo, &["--port", "7007", "--app", "echo", "--metrics", "127.0.0.1:9912"]);
+    start_serve(
+        &mut topo,
+        &[
+            "--port",
+            "7007",
+            "--app",
+            "echo",
+            "--metrics",
+            "127.0.0.1:9912",
+        ],
+    );
     topo.client
         .sh_ok(
             "nft add table inet loss && \
@@ -138,7 +162,11 @@ print(sum(results), len(results))
 "#
         ),
     );
-    assert_eq!(out.trim(), "20 20", "every client gets its 10 MB back byte-exact");
+    assert_eq!(
+        out.trim(),
+        "20 20",
+        "every client gets its 10 MB back byte-exact"
+    );
     let text = scrape(&topo, "127.0.0.1:9912");
     assert!(metric(&text, "turnstile_retransmits_total") > 0, "{text}");
 }
@@ -180,7 +208,14 @@ fn passive_time_wait_is_recycled_for_a_newer_syn() {
     let mut topo = two_queues();
     start_serve(
         &mut topo,
-        &["--port", "8080", "--app", "http", "--metrics", "127.0.0.1:9913"],
+        &[
+            "--port",
+            "8080",
+            "--app",
+            "http",
+            "--metrics",
+            "127.0.0.1:9913",
+        ],
     );
     let ip = topo.server.ip;
     let out = client_python(
@@ -208,12 +243,19 @@ print(ok)
 "#
         ),
     );
-    assert_eq!(out.trim(), "5", "every reconnect from the same port is answered");
+    assert_eq!(
+        out.trim(),
+        "5",
+        "every reconnect from the same port is answered"
+    );
     let mut text = String::new();
     assert!(
         eventually(Duration::from_secs(3), || {
             text = scrape(&topo, "127.0.0.1:9913");
-            metric(&text, "turnstile_time_wait_recycled_total{side=\"passive\"}") >= 4
+            metric(
+                &text,
+                "turnstile_time_wait_recycled_total{side=\"passive\"}",
+            ) >= 4
         }),
         "four reconnects found our TIME_WAIT entry and recycled it: {text}"
     );
@@ -250,8 +292,16 @@ http {{
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let conf_path = dir.join("nginx.conf");
-    topo.spawn_client("nginx", &["-c", conf_path.to_str().unwrap(), "-e", dir.join("error.log").to_str().unwrap()])
-        .expect("nginx");
+    topo.spawn_client(
+        "nginx",
+        &[
+            "-c",
+            conf_path.to_str().unwrap(),
+            "-e",
+            dir.join("error.log").to_str().unwrap(),
+        ],
+    )
+    .expect("nginx");
     let ip = topo.client.ip;
     assert!(
         eventually(Duration::from_secs(10), || topo
@@ -269,13 +319,26 @@ fn run_load(topo: &Topology, extra: &[&str]) -> (bool, serde_json::Value) {
     let out = topo
         .server
         .command(BIN)
-        .args(["load", "--iface", &topo.server.dev, "--target", &target, "--expect-body", "backend\n"])
+        .args([
+            "load",
+            "--iface",
+            &topo.server.dev,
+            "--target",
+            &target,
+            "--expect-body",
+            "backend\n",
+        ])
         .args(extra)
         .output()
         .expect("turnstile load");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}): {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "no JSON summary ({e}): {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     (out.status.success(), json)
 }
 
@@ -303,13 +366,28 @@ fn active_opens_recycle_time_wait_through_a_small_port_range() {
     topo.client.sh_ok("nstat -n").ok(); // reset the kernel's counters
     let (ok, json) = run_load(
         &topo,
-        &["--connections", "20000", "--concurrency", "64", "--local-ports", "40000-40999", "--msl-ms", "30000", "--metrics", "127.0.0.1:9914"],
+        &[
+            "--connections",
+            "20000",
+            "--concurrency",
+            "64",
+            "--local-ports",
+            "40000-40999",
+            "--msl-ms",
+            "30000",
+            "--metrics",
+            "127.0.0.1:9914",
+        ],
     );
     assert!(ok, "all 20,000 connections must succeed: {json}");
     assert_eq!(json["ok"], 20000, "{json}");
     assert_eq!(json["failed"], 0, "{json}");
     let (rsts, resets) = kernel_resets(&topo);
-    assert_eq!((rsts, resets), (0, 0), "the kernel server saw no refusal or reset");
+    assert_eq!(
+        (rsts, resets),
+        (0, 0),
+        "the kernel server saw no refusal or reset"
+    );
     let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     assert!(!log.contains("reset by peer"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -324,9 +402,22 @@ fn active_opens_without_reuse_fail_with_no_port() {
     let dir = start_nginx(&mut topo);
     let (ok, json) = run_load(
         &topo,
-        &["--connections", "3000", "--concurrency", "32", "--local-ports", "40000-40999", "--msl-ms", "30000", "--no-reuse"],
+        &[
+            "--connections",
+            "3000",
+            "--concurrency",
+            "32",
+            "--local-ports",
+            "40000-40999",
+            "--msl-ms",
+            "30000",
+            "--no-reuse",
+        ],
     );
-    assert!(!ok, "without reuse 3,000 connections cannot fit 1,000 ports: {json}");
+    assert!(
+        !ok,
+        "without reuse 3,000 connections cannot fit 1,000 ports: {json}"
+    );
     let no_port = json["failures"]["no_port"].as_u64().unwrap();
     assert!(no_port >= 1000, "{json}");
     assert!(json["ok"].as_u64().unwrap() >= 990, "{json}");
@@ -342,11 +433,23 @@ fn sigterm_drains_established_connections_then_exits_zero() {
     }
     let topo = two_queues();
     let mut cmd = topo.server.command(BIN);
-    cmd.args(["serve", "--iface", &topo.server.dev, "--port", "7007", "--app", "echo"])
-        .stdout(std::process::Stdio::piped());
+    cmd.args([
+        "serve",
+        "--iface",
+        &topo.server.dev,
+        "--port",
+        "7007",
+        "--app",
+        "echo",
+    ])
+    .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert!(line.starts_with("listening "));
     let pid = child.id();
     let mut child = ChildGuard(child);

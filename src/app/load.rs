@@ -165,8 +165,15 @@ impl Load {
         let take = bytes.len().min(s.head.len() - s.head_len);
         s.head[s.head_len..s.head_len + take].copy_from_slice(&bytes[..take]);
         s.head_len += take;
-        let Some(end) = s.head[..s.head_len].windows(4).position(|w| w == b"\r\n\r\n") else {
-            return if s.head_len == s.head.len() { Err(()) } else { Ok(false) };
+        let Some(end) = s.head[..s.head_len]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+        else {
+            return if s.head_len == s.head.len() {
+                Err(())
+            } else {
+                Ok(false)
+            };
         };
         let head = std::str::from_utf8(&s.head[..end]).map_err(|_| ())?;
         if !(head.starts_with("HTTP/1.1 200 ") || head.starts_with("HTTP/1.0 200 ")) {
@@ -176,7 +183,8 @@ impl Load {
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
             })
             .ok_or(())?;
         s.body_left = Some(len);

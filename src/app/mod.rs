@@ -107,7 +107,11 @@ pub trait App {
 /// Moves as much as fits from `id`'s receive buffer to its send buffer.
 /// Reading only what can be sent keeps memory bounded without a copy of
 /// our own: a peer that does not read stops our window from opening.
-pub(crate) fn pump_back(ctx: &mut Ctx<'_>, id: ConnId, scratch: &mut [u8]) -> Result<usize, ConnError> {
+pub(crate) fn pump_back(
+    ctx: &mut Ctx<'_>,
+    id: ConnId,
+    scratch: &mut [u8],
+) -> Result<usize, ConnError> {
     let mut moved = 0;
     loop {
         let room = ctx.send_capacity(id).min(scratch.len());

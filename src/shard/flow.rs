@@ -51,7 +51,8 @@ impl FlowMap {
             return idx.min(self.shards - 1);
         }
         // A multiplicative mix: cheap, and every shard computes the same.
-        let key = (u64::from(remote_ip) << 32) | (u64::from(remote_port) << 16) | u64::from(local_port);
+        let key =
+            (u64::from(remote_ip) << 32) | (u64::from(remote_port) << 16) | u64::from(local_port);
         let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         ((h >> 32) as usize) % self.shards
     }

@@ -100,7 +100,6 @@ impl Default for Config {
 impl Config {
     /// The window-scale shift actually offered: at least what `recv_buffer` needs
     /// to be advertised in 16 bits, at most 14 (RFC 7323 2.3).
-    #[allow(dead_code)] // used by the engine, next commit
     pub(crate) fn effective_window_scale(&self) -> u8 {
         let mut needed = 0u8;
         while needed < 14 && (self.recv_buffer >> needed) > 0xffff {

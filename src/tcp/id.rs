@@ -11,7 +11,6 @@ pub struct FourTuple {
 
 impl FourTuple {
     /// The 12 bytes hashed for ISNs, timestamp offsets and cookies.
-    #[allow(dead_code)] // used by the engine, next commit
     pub(crate) fn to_bytes(self) -> [u8; 12] {
         let mut b = [0u8; 12];
         b[0..4].copy_from_slice(&self.local.ip().octets());

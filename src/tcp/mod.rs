@@ -6,15 +6,28 @@
 //! ISNs, timestamp offsets, port offsets and SYN cookies is passed in).
 
 mod config;
+mod congestion;
+pub(crate) mod connection;
+mod control;
 mod endpoint;
 mod error;
 mod event;
-mod id;
+pub(crate) mod id;
+mod isn;
+mod listener;
+mod options;
+mod ports;
+mod reassembly;
 mod reset;
+mod rtt;
+mod send_buffer;
 pub mod seq;
 mod state;
 mod stats;
+mod syn_cookies;
 mod time;
+mod timer;
+pub(crate) mod timewait;
 
 pub use config::Config;
 pub use endpoint::Endpoint;
@@ -25,3 +38,6 @@ pub use reset::reset_for;
 pub use state::State;
 pub use stats::Stats;
 pub use time::Instant;
+
+#[cfg(test)]
+mod tests;

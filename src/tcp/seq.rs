@@ -71,6 +71,14 @@ impl Sub<Seq> for Seq {
     }
 }
 
+impl Sub<u32> for Seq {
+    type Output = Seq;
+    #[inline]
+    fn sub(self, n: u32) -> Seq {
+        Seq(self.0.wrapping_sub(n))
+    }
+}
+
 impl fmt::Debug for Seq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -90,7 +98,8 @@ mod tests {
         assert!(a < b);
         assert!(b > a);
         assert_eq!(b - a, 10);
-        assert!(Seq(5).in_range(a, b + 1u32));
+        assert!(Seq(0).in_range(a, b + 1u32));
+        assert!(!Seq(5).in_range(a, b + 1u32));
         assert!(!b.in_range(a, b));
         assert_eq!(a.max(b), b);
         assert_eq!(a.min(b), a);
@@ -103,7 +112,7 @@ mod tests {
             let b = a + d;
             prop_assert!(a < b);
             prop_assert!(b > a);
-            prop_assert!(a <= b && a != b);
+            prop_assert_eq!(a.partial_cmp(&b), Some(std::cmp::Ordering::Less));
             prop_assert_eq!(b - a, d);
             prop_assert_eq!(b.diff(a), d as i32);
             prop_assert_eq!(a.max(b), b);

@@ -1,0 +1,169 @@
+//! NewReno congestion control (RFC 5681, RFC 6582) in bytes.
+
+use super::seq::Seq;
+
+/// Congestion window state of one connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewReno {
+    pub(crate) cwnd: u32,
+    pub(crate) ssthresh: u32,
+    /// RFC 6582 3.2: highest sequence sent when loss recovery began.
+    pub(crate) recover: Seq,
+    pub(crate) in_recovery: bool,
+    pub(crate) dupacks: u8,
+    /// RFC 5681 3.1 appropriate byte counting in congestion avoidance.
+    bytes_acked: u32,
+}
+
+/// What the sender should do after an ACK.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum AckAction {
+    None,
+    /// Retransmit the segment at SND.UNA now (fast retransmit or a partial ACK).
+    RetransmitFirst,
+}
+
+impl NewReno {
+    /// RFC 6928: IW = min(10*MSS, max(2*MSS, 14600)).
+    pub(crate) fn new(mss: u32, iss: Seq) -> Self {
+        NewReno {
+            cwnd: (10 * mss).min((2 * mss).max(14600)),
+            ssthresh: u32::MAX,
+            recover: iss,
+            in_recovery: false,
+            dupacks: 0,
+            bytes_acked: 0,
+        }
+    }
+
+    /// New data acknowledged: `acked` bytes, `ack` the new SND.UNA, `flight` bytes
+    /// outstanding before this ACK.
+    pub(crate) fn on_new_ack(&mut self, acked: u32, ack: Seq, flight: u32, mss: u32) -> AckAction {
+        self.dupacks = 0;
+        if self.in_recovery {
+            if ack >= self.recover {
+                // RFC 6582 3.2 step 3 (full ACK): deflate.
+                self.in_recovery = false;
+                let remaining = flight.saturating_sub(acked);
+                self.cwnd = self.ssthresh.min(remaining.max(mss) + mss);
+                return AckAction::None;
+            }
+            // Partial ACK: retransmit the next hole, deflate by the amount acked,
+            // add back one MSS if at least one was acked (RFC 6582 3.2 step 4).
+            self.cwnd = self.cwnd.saturating_sub(acked);
+            if acked >= mss {
+                self.cwnd = self.cwnd.saturating_add(mss);
+            }
+            self.cwnd = self.cwnd.max(mss);
+            return AckAction::RetransmitFirst;
+        }
+        if self.cwnd < self.ssthresh {
+            // RFC 5681 3.1 slow start (with L = 1 SMSS per ACK, RFC 3465 style).
+            self.cwnd = self.cwnd.saturating_add(acked.min(mss));
+        } else {
+            // Congestion avoidance: one MSS per cwnd of data acknowledged.
+            self.bytes_acked = self.bytes_acked.saturating_add(acked);
+            if self.bytes_acked >= self.cwnd {
+                self.bytes_acked -= self.cwnd;
+                self.cwnd = self.cwnd.saturating_add(mss);
+            }
+        }
+        AckAction::None
+    }
+
+    /// A duplicate ACK (RFC 5681 2 definition, checked by the caller).
+    pub(crate) fn on_dup_ack(
+        &mut self,
+        snd_una: Seq,
+        snd_max: Seq,
+        flight: u32,
+        mss: u32,
+    ) -> AckAction {
+        self.dupacks = self.dupacks.saturating_add(1);
+        if self.in_recovery {
+            // RFC 6582 3.2 step 3: inflate for each further duplicate.
+            self.cwnd = self.cwnd.saturating_add(mss);
+            return AckAction::None;
+        }
+        if self.dupacks == 3 {
+            // RFC 6582 3.2 step 2: not while the ACK is still below `recover`
+            // (avoids a second reduction for losses of one window; we enter at
+            // `recover` itself, the less conservative reading of 4.1).
+            if snd_una < self.recover {
+                return AckAction::None;
+            }
+            self.ssthresh = (flight / 2).max(2 * mss);
+            self.recover = snd_max;
+            self.in_recovery = true;
+            self.cwnd = self.ssthresh + 3 * mss;
+            return AckAction::RetransmitFirst;
+        }
+        AckAction::None
+    }
+
+    /// RFC 5681 3.1 (eq. 4) and 6582 4: after a retransmission timeout.
+    pub(crate) fn on_rto(&mut self, flight: u32, snd_max: Seq, mss: u32) {
+        self.ssthresh = (flight / 2).max(2 * mss);
+        self.cwnd = mss;
+        self.recover = snd_max;
+        self.in_recovery = false;
+        self.dupacks = 0;
+        self.bytes_acked = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSS: u32 = 1000;
+
+    #[test]
+    fn slow_start_then_avoidance() {
+        let mut cc = NewReno::new(MSS, Seq(0));
+        assert_eq!(cc.cwnd, 10 * MSS);
+        cc.on_new_ack(MSS, Seq(1001), 5 * MSS, MSS);
+        assert_eq!(cc.cwnd, 11 * MSS);
+        cc.ssthresh = cc.cwnd;
+        for _ in 0..10 {
+            cc.on_new_ack(MSS, Seq(1), 5 * MSS, MSS);
+        }
+        assert_eq!(cc.cwnd, 11 * MSS);
+        cc.on_new_ack(MSS, Seq(1), 5 * MSS, MSS);
+        assert_eq!(cc.cwnd, 12 * MSS);
+    }
+
+    #[test]
+    fn three_dupacks_then_partial_and_full_ack() {
+        let mut cc = NewReno::new(MSS, Seq(0));
+        let una = Seq(1);
+        let max = Seq(10_001);
+        assert_eq!(cc.on_dup_ack(una, max, 10 * MSS, MSS), AckAction::None);
+        assert_eq!(cc.on_dup_ack(una, max, 10 * MSS, MSS), AckAction::None);
+        assert_eq!(
+            cc.on_dup_ack(una, max, 10 * MSS, MSS),
+            AckAction::RetransmitFirst
+        );
+        assert_eq!(cc.ssthresh, 5 * MSS);
+        assert_eq!(cc.cwnd, 8 * MSS);
+        assert_eq!(cc.on_dup_ack(una, max, 10 * MSS, MSS), AckAction::None);
+        assert_eq!(cc.cwnd, 9 * MSS);
+        // Partial ACK of 2 segments.
+        assert_eq!(
+            cc.on_new_ack(2 * MSS, Seq(2001), 10 * MSS, MSS),
+            AckAction::RetransmitFirst
+        );
+        assert!(cc.in_recovery);
+        // Full ACK.
+        assert_eq!(cc.on_new_ack(8 * MSS, max, 8 * MSS, MSS), AckAction::None);
+        assert!(!cc.in_recovery);
+        assert_eq!(cc.cwnd, 2 * MSS);
+    }
+
+    #[test]
+    fn rto_collapses_window() {
+        let mut cc = NewReno::new(MSS, Seq(0));
+        cc.on_rto(8 * MSS, Seq(8001), MSS);
+        assert_eq!((cc.cwnd, cc.ssthresh), (MSS, 4 * MSS));
+    }
+}

@@ -1,0 +1,119 @@
+//! Timer expiry: retransmission (RFC 6298 5), delayed ACK, persist (zero-window
+//! probes, RFC 9293 3.8.6.1) and linger (full TIME-WAIT, orphaned FIN-WAIT-2).
+
+use super::{Connection, Ctx, End};
+use crate::tcp::state::State;
+use crate::tcp::time::Instant;
+use std::time::Duration;
+
+fn due(t: Option<Instant>, now: Instant) -> bool {
+    matches!(t, Some(t) if t <= now)
+}
+
+impl Connection {
+    pub(crate) fn on_timeout(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        if self.end.is_some() {
+            return;
+        }
+        if due(self.linger_at, now) {
+            // 2MSL passed in TIME-WAIT (held in full), or an orphaned FIN-WAIT-2 gave up.
+            self.linger_at = None;
+            if self.state == State::TimeWait {
+                ctx.stats.time_wait_expired += 1;
+            }
+            self.state = State::Closed;
+            self.end = Some(End::Orderly);
+            return;
+        }
+        if due(self.delack_at, now) {
+            self.delack_at = None;
+            self.ack_now = true;
+        }
+        if due(self.rto_at, now) {
+            self.rto_at = None;
+            self.on_rto(now, ctx);
+        }
+        if due(self.persist_at, now) {
+            self.persist_at = None;
+            self.probe_pending = true;
+            self.persist_backoff = self.persist_backoff.saturating_add(1);
+            self.probes = self.probes.saturating_add(1);
+            if self.probes > ctx.cfg.max_retries {
+                // The peer stopped answering probes altogether.
+                ctx.stats.timeouts += 1;
+                self.end = Some(End::TimedOut);
+                self.state = State::Closed;
+                return;
+            }
+            self.arm_persist(now, ctx.cfg.rto_max);
+        }
+    }
+
+    /// RFC 6298 5.4-5.6: retransmit the earliest unacknowledged segment, back off.
+    fn on_rto(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        ctx.stats.rto_expirations += 1;
+        self.retries = self.retries.saturating_add(1);
+        let handshake = matches!(self.state, State::SynSent | State::SynReceived);
+        let limit = if handshake {
+            ctx.cfg.max_syn_retries
+        } else {
+            ctx.cfg.max_retries
+        };
+        if self.retries > limit {
+            if self.state == State::SynSent {
+                ctx.stats.connect_timeout += 1;
+            } else {
+                ctx.stats.timeouts += 1;
+            }
+            self.end = Some(if self.state == State::SynReceived && self.passive {
+                End::Silent
+            } else {
+                End::TimedOut
+            });
+            self.state = State::Closed;
+            return;
+        }
+        self.rtt.backoff(ctx.cfg.rto_max);
+        self.rtt_timing = None; // Karn: no samples from retransmitted segments
+        if handshake {
+            self.syn_pending = true;
+            self.syn_retransmitted = true;
+        } else if self.snd_max > self.snd_una {
+            let flight = self.snd_max - self.snd_una;
+            self.cc
+                .on_rto(flight, self.snd_max, u32::from(self.neg.snd_mss));
+            // Go back N: resend from SND.UNA.
+            self.snd_nxt = self.snd_una;
+            self.fast_rexmit = false;
+        }
+        self.rto_at = Some(now + self.rtt.rto());
+    }
+
+    /// Start the persist timer: the RTO, doubled per unanswered probe, capped at `max`.
+    pub(crate) fn arm_persist(&mut self, now: Instant, max: Duration) {
+        if self.persist_at.is_none() {
+            let shift = u32::from(self.persist_backoff.min(16));
+            let d = self.rtt.rto().saturating_mul(1 << shift);
+            self.persist_at = Some(now + d.min(max));
+        }
+    }
+
+    /// After input: start or stop the persist timer. It runs while the peer's
+    /// window is zero, data waits and nothing is in flight.
+    pub(crate) fn update_persist(&mut self, now: Instant, max: Duration) {
+        let waiting = self.state.is_synchronized()
+            && self.snd_data_end > self.snd_nxt
+            && self.snd_una == self.snd_max;
+        if waiting && self.snd_wnd == 0 {
+            if self.rto_at.is_none() {
+                self.arm_persist(now, max);
+            }
+        } else {
+            self.persist_at = None;
+            self.probe_pending = false;
+            if self.snd_wnd > 0 {
+                self.persist_backoff = 0;
+            }
+        }
+    }
+}

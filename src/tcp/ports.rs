@@ -1,0 +1,236 @@
+//! Ephemeral ports for active opens, allocated per destination (local IP,
+//! remote IP, remote port), as RFC 6056 3.3.3/3.3.4 do: a port is only "used"
+//! with respect to the destinations it is in use with.
+//!
+//! Per destination: a bitmap of the range (a bit is set while a connection or a
+//! TIME-WAIT entry holds the tuple), a cursor that starts at a keyed hash of the
+//! destination plus a global counter (so the sequence is not predictable off
+//! path and restarts elsewhere), and the FIFO of this destination's TIME-WAIT
+//! tuples, oldest first, for reuse when the range is exhausted. Finding a free
+//! port scans 64 ports per word from the cursor, which advances past each
+//! allocation, so allocation is amortised O(1) even with thousands of TIME-WAIT
+//! entries (a kernel walks the range probing each port's hash bucket).
+
+use super::time::Instant;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct DestKey {
+    pub(crate) local: Ipv4Addr,
+    pub(crate) remote: Ipv4Addr,
+    pub(crate) remote_port: u16,
+}
+
+struct DestPorts {
+    bits: Box<[u64]>,
+    used: u32,
+    cursor: u32,
+    /// (local port, TIME-WAIT entry time), oldest first; records may be stale.
+    time_wait: VecDeque<(u16, Instant)>,
+}
+
+pub(crate) struct PortAllocator {
+    lo: u16,
+    len: u32,
+    dests: FxHashMap<DestKey, DestPorts>,
+    counter: u32,
+}
+
+impl PortAllocator {
+    pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
+        let (lo, hi) = (*range.start(), *range.end());
+        let len = if hi >= lo { u32::from(hi - lo) + 1 } else { 0 };
+        PortAllocator {
+            lo,
+            len,
+            dests: FxHashMap::default(),
+            counter: 0,
+        }
+    }
+
+    fn index(&self, port: u16) -> Option<u32> {
+        let i = u32::from(port.wrapping_sub(self.lo));
+        (port >= self.lo && i < self.len).then_some(i)
+    }
+
+    fn dest(&mut self, key: DestKey, offset: u32) -> &mut DestPorts {
+        let len = self.len;
+        let start = if len == 0 {
+            0
+        } else {
+            offset.wrapping_add(self.counter) % len
+        };
+        self.dests.entry(key).or_insert_with(|| DestPorts {
+            bits: vec![0u64; (len as usize).div_ceil(64)].into_boxed_slice(),
+            used: 0,
+            cursor: start,
+            time_wait: VecDeque::new(),
+        })
+    }
+
+    /// A free port to `key`, marked used; `usable(port)` is the final check
+    /// against the connection and TIME-WAIT tables. `offset` is the keyed hash
+    /// of the destination.
+    pub(crate) fn allocate(
+        &mut self,
+        key: DestKey,
+        offset: u32,
+        mut usable: impl FnMut(u16) -> bool,
+    ) -> Option<u16> {
+        if self.len == 0 {
+            return None;
+        }
+        self.counter = self.counter.wrapping_add(1);
+        let (lo, len) = (self.lo, self.len);
+        let d = self.dest(key, offset);
+        if d.used >= len {
+            return None;
+        }
+        let words = d.bits.len();
+        let start = d.cursor as usize;
+        // Visit words from the cursor's word around to it again (one extra visit
+        // covers the bits below the cursor in its own word).
+        for step in 0..=words {
+            let w = (start / 64 + step) % words;
+            let mut free = !d.bits[w];
+            if step == 0 {
+                free &= !0u64 << (start % 64);
+            }
+            // Bits past the end of the range in the last word are not ports.
+            let valid = (len as usize - w * 64).min(64);
+            if valid < 64 {
+                free &= (1u64 << valid) - 1;
+            }
+            while free != 0 {
+                let b = free.trailing_zeros() as usize;
+                free &= free - 1;
+                let i = w * 64 + b;
+                let port = lo + i as u16;
+                if usable(port) {
+                    d.bits[w] |= 1 << b;
+                    d.used += 1;
+                    d.cursor = ((i + 1) % len as usize) as u32;
+                    return Some(port);
+                }
+            }
+        }
+        None
+    }
+
+    /// Mark `port` used to `key` (an explicit `connect_from`); false if it is
+    /// outside the range or already marked.
+    pub(crate) fn mark(&mut self, key: DestKey, port: u16, offset: u32) -> bool {
+        let Some(i) = self.index(port) else {
+            return false;
+        };
+        let d = self.dest(key, offset);
+        let (w, b) = (i as usize / 64, i % 64);
+        if d.bits[w] & (1 << b) != 0 {
+            return false;
+        }
+        d.bits[w] |= 1 << b;
+        d.used += 1;
+        true
+    }
+
+    /// The tuple is gone (no connection, no TIME-WAIT entry): free the port.
+    pub(crate) fn release(&mut self, key: DestKey, port: u16) {
+        let Some(i) = self.index(port) else { return };
+        let Some(d) = self.dests.get_mut(&key) else {
+            return;
+        };
+        let (w, b) = (i as usize / 64, i % 64);
+        if d.bits[w] & (1 << b) != 0 {
+            d.bits[w] &= !(1 << b);
+            d.used -= 1;
+        }
+        if d.used == 0 {
+            // Only stale TIME-WAIT records can remain; drop the destination.
+            self.dests.remove(&key);
+        }
+    }
+
+    /// A TIME-WAIT entry now holds `port` to `key`.
+    pub(crate) fn push_time_wait(&mut self, key: DestKey, port: u16, entered: Instant) {
+        if let Some(d) = self.dests.get_mut(&key) {
+            d.time_wait.push_back((port, entered));
+        }
+    }
+
+    /// This destination's TIME-WAIT records, oldest first (some may be stale).
+    pub(crate) fn time_wait_records(
+        &mut self,
+        key: DestKey,
+    ) -> Option<&mut VecDeque<(u16, Instant)>> {
+        self.dests.get_mut(&key).map(|d| &mut d.time_wait)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_exhausted(&self, key: &DestKey) -> bool {
+        self.dests.get(key).is_some_and(|d| d.used >= self.len)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn used(&self, key: &DestKey) -> u32 {
+        self.dests.get(key).map_or(0, |d| d.used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(p: u16) -> DestKey {
+        DestKey {
+            local: Ipv4Addr::new(10, 0, 0, 1),
+            remote: Ipv4Addr::new(10, 0, 0, 2),
+            remote_port: p,
+        }
+    }
+
+    #[test]
+    fn allocates_every_port_once_then_exhausts() {
+        let mut a = PortAllocator::new(1000..=1099);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let p = a.allocate(key(80), 12345, |_| true).unwrap();
+            assert!((1000..=1099).contains(&p));
+            assert!(seen.insert(p));
+        }
+        assert!(a.allocate(key(80), 12345, |_| true).is_none());
+        assert!(a.is_exhausted(&key(80)));
+        // Per destination: another remote port has the whole range.
+        assert!(a.allocate(key(81), 12345, |_| true).is_some());
+        a.release(key(80), 1050);
+        assert_eq!(a.allocate(key(80), 12345, |_| true), Some(1050));
+    }
+
+    #[test]
+    fn skips_ports_the_tables_reject() {
+        let mut a = PortAllocator::new(1000..=1003);
+        let p = a.allocate(key(80), 0, |p| p % 2 == 0).unwrap();
+        assert_eq!(p % 2, 0);
+        assert_eq!(a.used(&key(80)), 1);
+    }
+
+    #[test]
+    fn start_is_keyed_not_a_counter() {
+        let mut a = PortAllocator::new(32768..=60999);
+        let p1 = a.allocate(key(80), 1_000_003, |_| true).unwrap();
+        let p2 = a.allocate(key(443), 2_718_281, |_| true).unwrap();
+        assert_ne!(p1.abs_diff(p2), 1);
+    }
+
+    #[test]
+    fn explicit_marks_and_release_drops_destination() {
+        let mut a = PortAllocator::new(1000..=1009);
+        assert!(a.mark(key(80), 1005, 0));
+        assert!(!a.mark(key(80), 1005, 0));
+        assert!(!a.mark(key(80), 999, 0));
+        a.release(key(80), 1005);
+        assert_eq!(a.used(&key(80)), 0);
+    }
+}

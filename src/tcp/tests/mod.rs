@@ -1,0 +1,12 @@
+//! Engine tests: protocol traces between two endpoints driven segment by
+//! segment with a virtual clock (smoltcp style, one file per topic), and a
+//! lossy-network simulation (quinn's `Pair` style).
+
+mod close;
+mod handshake;
+mod pair;
+mod reliability;
+mod rfc5961;
+mod sim;
+mod sizes;
+mod time_wait;

@@ -1,0 +1,26 @@
+//! Memory per connection and per TIME-WAIT entry.
+
+use crate::tcp::connection::Connection;
+use crate::tcp::id::FourTuple;
+use crate::tcp::timewait::TimeWait;
+use crate::tcp::{Config, Instant};
+
+#[test]
+fn time_wait_entry_is_at_most_64_bytes() {
+    let entry = std::mem::size_of::<(FourTuple, TimeWait)>();
+    let fifo = std::mem::size_of::<(Instant, FourTuple)>();
+    eprintln!("TIME-WAIT entry (key + value): {entry} bytes; expiry FIFO record: {fifo} bytes");
+    assert!(entry <= 64, "{entry}");
+}
+
+#[test]
+fn connection_size_is_reported() {
+    let conn = std::mem::size_of::<Connection>();
+    let cfg = Config::default();
+    eprintln!(
+        "Connection struct: {conn} bytes, plus buffers {} + {} bytes",
+        cfg.send_buffer, cfg.recv_buffer
+    );
+    // Guard against accidental growth (e.g. an inline buffer).
+    assert!(conn <= 512, "{conn}");
+}
