@@ -25,6 +25,7 @@ pub mod health;
 pub mod maglev;
 pub mod pool;
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,6 +118,8 @@ struct Session {
     upstream_gone: bool,
     /// Queued in `Proxy::blocked`.
     blocked: bool,
+    /// Queued in `Proxy::port_waiters` (`backend` is the one waited for).
+    waiting_port: bool,
 }
 
 /// One backend's checks, on the shard that checks it.
@@ -137,6 +140,8 @@ pub struct Proxy {
     legs: FxHashMap<ConnId, (u32, Leg)>,
     /// Sessions with a direction waiting for send space.
     blocked: Vec<u32>,
+    /// Sessions waiting for a local port towards their backend.
+    port_waiters: VecDeque<u32>,
     probes: FxHashMap<SocketAddrV4, Probe>,
     probe_ids: FxHashMap<ConnId, SocketAddrV4>,
     scratch: Box<[u8]>,
@@ -155,6 +160,7 @@ impl Proxy {
             free: Vec::new(),
             legs: FxHashMap::default(),
             blocked: Vec::new(),
+            port_waiters: VecDeque::new(),
             probes: FxHashMap::default(),
             probe_ids: FxHashMap::default(),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
@@ -204,6 +210,7 @@ impl Proxy {
             client_gone: false,
             upstream_gone: false,
             blocked: false,
+            waiting_port: false,
         };
         let sid = match self.free.pop() {
             Some(sid) => {
@@ -242,23 +249,96 @@ impl Proxy {
                 ProxyStats::bump(&self.shared.stats.retries);
             }
             s.tried.push(backend.addr);
-            match ctx.connect(backend.addr) {
-                Ok(up) => {
-                    s.upstream = Some(up);
-                    s.upstream_gone = false;
-                    s.connect_deadline = ctx.now().saturating_add(routes.timeouts.connect);
-                    s.backend = Some(backend);
-                    self.legs.insert(up, (sid, Leg::Upstream));
-                    return;
+            s.connect_deadline = ctx.now().saturating_add(routes.timeouts.connect);
+            match self.open_upstream(ctx, sid, backend) {
+                Ok(()) => return,
+                Err(Some(why)) => tracing::debug!(why = why.label(), "upstream connect failed"),
+                // Waiting for a local port; see `retry_port_waiters`.
+                Err(None) => return,
+            }
+        }
+    }
+
+    /// One connect to `backend` for session `sid`. With no local port free
+    /// (every tuple to it busy or in a TIME_WAIT too young to reuse), the
+    /// session waits for one until its connect deadline instead of failing:
+    /// `Err(None)`. Other failures are counted and returned.
+    fn open_upstream(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        sid: u32,
+        backend: Arc<Backend>,
+    ) -> Result<(), Option<Failure>> {
+        let Some(s) = self.sessions[sid as usize].as_mut() else {
+            return Ok(());
+        };
+        match ctx.connect(backend.addr) {
+            Ok(up) => {
+                s.upstream = Some(up);
+                s.upstream_gone = false;
+                s.backend = Some(backend);
+                self.legs.insert(up, (sid, Leg::Upstream));
+                Ok(())
+            }
+            Err(OpenError::Connect(ConnectError::NoPort | ConnectError::TupleInUse))
+                if ctx.now() < s.connect_deadline =>
+            {
+                s.backend = Some(backend);
+                if !s.waiting_port {
+                    s.waiting_port = true;
+                    self.port_waiters.push_back(sid);
                 }
-                Err(e) => {
-                    backend.failed(match e {
-                        OpenError::Connect(ConnectError::NoPort | ConnectError::TupleInUse) => {
-                            Failure::NoPort
-                        }
-                        _ => Failure::Unreachable,
-                    });
-                    tracing::debug!(backend = %backend.addr, error = %e, "upstream connect failed");
+                Err(None)
+            }
+            Err(e) => {
+                let why = match e {
+                    OpenError::Connect(ConnectError::NoPort | ConnectError::TupleInUse) => {
+                        Failure::NoPort
+                    }
+                    _ => Failure::Unreachable,
+                };
+                backend.failed(why);
+                Err(Some(why))
+            }
+        }
+    }
+
+    /// Sessions waiting for a local port towards their backend, oldest
+    /// first: they get ports as TIME_WAIT tuples become reusable, so a burst
+    /// beyond the port range's rate is delayed rather than reset.
+    fn retry_port_waiters(&mut self, ctx: &mut Ctx<'_>) {
+        let mut busy: Vec<SocketAddrV4> = Vec::new();
+        for _ in 0..self.port_waiters.len() {
+            let Some(sid) = self.port_waiters.pop_front() else {
+                break;
+            };
+            let Some(s) = self.sessions[sid as usize].as_mut() else {
+                continue;
+            };
+            if !s.waiting_port || s.client_gone {
+                s.waiting_port = false;
+                continue;
+            }
+            let Some(backend) = s.backend.take() else {
+                s.waiting_port = false;
+                continue;
+            };
+            if busy.contains(&backend.addr) && ctx.now() < s.connect_deadline {
+                // Keeps its place: no port for this backend this pass.
+                s.backend = Some(backend);
+                self.port_waiters.push_back(sid);
+                continue;
+            }
+            s.waiting_port = false;
+            let addr = backend.addr;
+            match self.open_upstream(ctx, sid, backend) {
+                Ok(()) => {}
+                Err(None) => busy.push(addr),
+                Err(Some(_)) => {
+                    if let Some(s) = self.sessions[sid as usize].as_mut() {
+                        s.backend = None;
+                    }
+                    self.connect_next(ctx, sid);
                 }
             }
         }
@@ -647,6 +727,9 @@ impl App for Proxy {
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         self.refresh_routes();
         self.unblock(ctx);
+        if !self.port_waiters.is_empty() {
+            self.retry_port_waiters(ctx);
+        }
         let now = ctx.now();
         if now >= self.next_scan {
             self.next_scan = now.saturating_add(SCAN_EVERY);
