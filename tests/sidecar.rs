@@ -925,7 +925,8 @@ fn sidecar_churn_100k_short_connections_through_one_backend() {
     // the 833/s this test needs; 100 ms lifts the cap to 10,000/s. Safety
     // does not rest on the delay: reuse still requires timestamps, a newer
     // ISN and a newer timestamp clock (ARCHITECTURE.md).
-    let upstream = "[upstream]\nports = \"50000-50999\"\nmsl_ms = 30000\nreuse = true\nreuse_delay_ms = 100\n";
+    let upstream =
+        "[upstream]\nports = \"50000-50999\"\nmsl_ms = 30000\nreuse = true\nreuse_delay_ms = 100\n";
     let cfg = lab.write_config("churn.toml", &lab.config("round-robin", &[0], upstream));
     lab.start_sidecar(&cfg);
 
@@ -939,10 +940,9 @@ fn sidecar_churn_100k_short_connections_through_one_backend() {
             while !done.load(Ordering::Relaxed) {
                 if let Ok(text) =
                     server.sh_ok(&format!("curl -s --max-time 2 http://{METRICS}/metrics"))
+                    && let Some(tw) = turnstile::metrics::sample(&text, "turnstile_time_wait")
                 {
-                    if let Some(tw) = turnstile::metrics::sample(&text, "turnstile_time_wait") {
-                        max_tw.fetch_max(tw, Ordering::Relaxed);
-                    }
+                    max_tw.fetch_max(tw, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
