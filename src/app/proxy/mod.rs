@@ -24,6 +24,8 @@ pub mod balance;
 pub mod health;
 pub mod maglev;
 pub mod pool;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
