@@ -44,6 +44,9 @@ use pool::{Backend, Failure, RouteCell, Routes};
 /// How often deadlines (connect, idle, health checks) are looked at.
 const SCAN_EVERY: Duration = Duration::from_millis(5);
 
+/// How often sessions waiting for a local port try again.
+const PORT_RETRY_EVERY: Duration = Duration::from_millis(1);
+
 /// Proxy-wide counters (all shards).
 #[derive(Debug, Default)]
 pub struct ProxyStats {
@@ -144,6 +147,7 @@ pub struct Proxy {
     blocked: Vec<u32>,
     /// Sessions waiting for a local port towards their backend.
     port_waiters: VecDeque<u32>,
+    next_port_retry: Instant,
     probes: FxHashMap<SocketAddrV4, Probe>,
     probe_ids: FxHashMap<ConnId, SocketAddrV4>,
     scratch: Box<[u8]>,
@@ -163,6 +167,7 @@ impl Proxy {
             legs: FxHashMap::default(),
             blocked: Vec::new(),
             port_waiters: VecDeque::new(),
+            next_port_retry: Instant::ZERO,
             probes: FxHashMap::default(),
             probe_ids: FxHashMap::default(),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
@@ -729,7 +734,11 @@ impl App for Proxy {
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         self.refresh_routes();
         self.unblock(ctx);
-        if !self.port_waiters.is_empty() {
+        if !self.port_waiters.is_empty() && ctx.now() >= self.next_port_retry {
+            // Every attempt that finds no port is counted by the engine
+            // (turnstile_connect_failures_total{reason="no_port"}): at most
+            // one per busy backend per millisecond.
+            self.next_port_retry = ctx.now().saturating_add(PORT_RETRY_EVERY);
             self.retry_port_waiters(ctx);
         }
         let now = ctx.now();
