@@ -476,3 +476,92 @@ fn resets_are_propagated_both_ways() {
     assert!(sim.run_until(300, |s| s.has_event(bip2, b2, Event::Reset)));
     assert!(sim.run_until(100, |s| s.sessions() == 0));
 }
+
+#[test]
+fn idle_connections_are_reset_on_both_legs() {
+    let mut sim = Sim::new("round-robin", "[timeouts]\nidle_ms = 500\n");
+    sim.listen(B1);
+    sim.listen(B2);
+    let c = sim.connect_client();
+    sim.run(20);
+    sim.ep(C).send(c, b"hi").unwrap();
+    let mut backend = None;
+    assert!(sim.run_until(300, |s| {
+        for ip in [B1, B2] {
+            if let Some(b) = s.accepted(ip)
+                && !s.read(ip, b).is_empty()
+            {
+                backend = Some((ip, b));
+            }
+        }
+        backend.is_some()
+    }));
+    let (bip, b) = backend.unwrap();
+    let quiet_from = sim.now;
+    assert!(sim.run_until(2000, |s| s.has_event(C, c, Event::Reset)
+        && s.has_event(bip, b, Event::Reset)));
+    let after = sim.now.saturating_duration_since(quiet_from);
+    assert!(after >= Duration::from_millis(450), "reset after {after:?}");
+    assert_eq!(sim.sessions(), 0);
+    assert_eq!(
+        sim.shared
+            .stats
+            .idle_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn after_a_reload_new_connections_use_the_new_pool_and_old_ones_finish() {
+    let mut sim = Sim::new("round-robin", "");
+    sim.listen(B1);
+    sim.listen(B2);
+    // Round-robin: the first client goes to B1.
+    let c1 = sim.connect_client();
+    sim.run(20);
+    sim.ep(C).send(c1, b"one").unwrap();
+    assert!(sim.run_until(300, |s| {
+        s.accepted(B1).is_some_and(|b| s.read(B1, b) == b"one")
+    }));
+    let b1 = sim.accepted(B1).unwrap();
+    // Reload without B1.
+    let text = format!(
+        "interface = \"eth0\"\n[[listener]]\nport = 80\nbackends = [\"{B2}:{BACKEND_PORT}\"]\n[health]\ninterval_ms = 3600000\n"
+    );
+    let config = Config::parse(&text, Path::new("sim.toml")).unwrap();
+    let set = super::pool::BackendSet::default();
+    let prev = sim.shared.routes.load();
+    sim.shared.routes.store(Routes::build(
+        &config,
+        &set,
+        Some(&prev),
+        prev.generation + 1,
+    ));
+    // New connections: B2 only.
+    for _ in 0..3 {
+        let before = sim.host(B2).events.len();
+        let c = sim.connect_client();
+        sim.run(20);
+        sim.ep(C).send(c, b"new").unwrap();
+        assert!(sim.run_until(300, |s| s.host(B2).events.len() > before
+            && s.accepted(B2).is_some_and(|b| s.read(B2, b) == b"new")));
+    }
+    assert_eq!(
+        sim.accepted(B1),
+        Some(b1),
+        "no new connection to the removed backend"
+    );
+    // The old connection still relays both ways and closes cleanly.
+    sim.ep(C).send(c1, b" more").unwrap();
+    assert!(sim.run_until(300, |s| s.read(B1, b1) == b" more"));
+    sim.ep(B1).send(b1, b"bye").unwrap();
+    sim.ep(B1).close(b1).unwrap();
+    let mut got = Vec::new();
+    assert!(sim.run_until(500, |s| {
+        got.extend(s.read(C, c1));
+        s.has_event(C, c1, Event::PeerClosed)
+    }));
+    got.extend(sim.read(C, c1));
+    assert_eq!(got, b"bye");
+}
