@@ -24,12 +24,14 @@ pub(crate) struct DestKey {
     pub(crate) remote_port: u16,
 }
 
+/// (local port, TIME-WAIT entry time), oldest first; records may be stale.
+type TimeWaitRecords = VecDeque<(u16, Instant)>;
+
 struct DestPorts {
     bits: Box<[u64]>,
     used: u32,
     cursor: u32,
-    /// (local port, TIME-WAIT entry time), oldest first; records may be stale.
-    time_wait: VecDeque<(u16, Instant)>,
+    time_wait: TimeWaitRecords,
 }
 
 pub(crate) struct PortAllocator {
@@ -37,7 +39,14 @@ pub(crate) struct PortAllocator {
     len: u32,
     dests: FxHashMap<DestKey, DestPorts>,
     counter: u32,
+    /// Storage of destinations that went idle, reused by new ones (a client
+    /// with one connection at a time to a destination would otherwise allocate
+    /// a bitmap per connection).
+    spare: Vec<(Box<[u64]>, TimeWaitRecords)>,
 }
+
+/// Idle destination storage kept for reuse.
+const SPARE_LIMIT: usize = 64;
 
 impl PortAllocator {
     pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
@@ -48,6 +57,7 @@ impl PortAllocator {
             len,
             dests: FxHashMap::default(),
             counter: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -63,11 +73,20 @@ impl PortAllocator {
         } else {
             offset.wrapping_add(self.counter) % len
         };
-        self.dests.entry(key).or_insert_with(|| DestPorts {
-            bits: vec![0u64; (len as usize).div_ceil(64)].into_boxed_slice(),
-            used: 0,
-            cursor: start,
-            time_wait: VecDeque::new(),
+        let spare = &mut self.spare;
+        self.dests.entry(key).or_insert_with(|| {
+            let (bits, time_wait) = spare.pop().unwrap_or_else(|| {
+                (
+                    vec![0u64; (len as usize).div_ceil(64)].into_boxed_slice(),
+                    VecDeque::new(),
+                )
+            });
+            DestPorts {
+                bits,
+                used: 0,
+                cursor: start,
+                time_wait,
+            }
         })
     }
 
@@ -148,8 +167,14 @@ impl PortAllocator {
             d.used -= 1;
         }
         if d.used == 0 {
-            // Only stale TIME-WAIT records can remain; drop the destination.
-            self.dests.remove(&key);
+            // Only stale TIME-WAIT records can remain; drop the destination
+            // and keep its (all-zero) bitmap for the next one.
+            if let Some(mut d) = self.dests.remove(&key)
+                && self.spare.len() < SPARE_LIMIT
+            {
+                d.time_wait.clear();
+                self.spare.push((d.bits, d.time_wait));
+            }
         }
     }
 
@@ -161,10 +186,7 @@ impl PortAllocator {
     }
 
     /// This destination's TIME-WAIT records, oldest first (some may be stale).
-    pub(crate) fn time_wait_records(
-        &mut self,
-        key: DestKey,
-    ) -> Option<&mut VecDeque<(u16, Instant)>> {
+    pub(crate) fn time_wait_records(&mut self, key: DestKey) -> Option<&mut TimeWaitRecords> {
         self.dests.get_mut(&key).map(|d| &mut d.time_wait)
     }
 
@@ -206,6 +228,33 @@ mod tests {
         assert!(a.allocate(key(81), 12345, |_| true).is_some());
         a.release(key(80), 1050);
         assert_eq!(a.allocate(key(80), 12345, |_| true), Some(1050));
+    }
+
+    /// The kernel's weakness: with a range nearly full of TIME-WAIT tuples, it
+    /// probes port after port. Here a full range churned oldest-first (as
+    /// TIME-WAIT expiry frees ports) costs one table check per allocation.
+    #[test]
+    fn churn_on_a_full_range_is_one_probe_per_allocation() {
+        let mut a = PortAllocator::new(32768..=60999);
+        let mut order = std::collections::VecDeque::new();
+        while let Some(p) = a.allocate(key(80), 99, |_| true) {
+            order.push_back(p);
+        }
+        assert_eq!(order.len(), 28232);
+        let mut probes = 0u64;
+        for _ in 0..100_000 {
+            let oldest = order.pop_front().unwrap();
+            a.release(key(80), oldest);
+            let p = a
+                .allocate(key(80), 99, |_| {
+                    probes += 1;
+                    true
+                })
+                .unwrap();
+            assert_eq!(p, oldest);
+            order.push_back(p);
+        }
+        assert_eq!(probes, 100_000);
     }
 
     #[test]

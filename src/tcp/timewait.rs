@@ -13,6 +13,9 @@ use super::time::Instant;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 
+/// Restarts of one entry's timer closer together than this are coalesced.
+const RESTART_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What remains of a connection in TIME-WAIT (the key, its 4-tuple, is beside it in the map).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimeWait {
@@ -83,9 +86,12 @@ impl TimeWaitTable {
         evicted
     }
 
-    /// Restart an entry's 2 MSL (a retransmitted FIN was ACKed again).
+    /// Restart an entry's 2 MSL (the peer retransmitted into TIME-WAIT). At
+    /// most once a second per entry, so a flood cannot grow the FIFO faster.
     pub(crate) fn restart(&mut self, tuple: &FourTuple, expiry: Instant) {
-        if let Some(e) = self.map.get_mut(tuple) {
+        if let Some(e) = self.map.get_mut(tuple)
+            && expiry.saturating_duration_since(e.expiry) >= RESTART_GRANULARITY
+        {
             e.expiry = expiry;
             self.expiry.push_back((expiry, *tuple));
         }
@@ -170,11 +176,16 @@ mod tests {
         let mut t = TimeWaitTable::new(10);
         t.insert(tuple(1), entry(100));
         t.insert(tuple(2), entry(200));
-        t.restart(&tuple(1), Instant(300));
+        t.restart(&tuple(1), Instant(300)); // < 1 s later: coalesced
+        assert_eq!(t.get(&tuple(1)).unwrap().expiry, Instant(100));
+        t.restart(&tuple(1), Instant(3_000_000));
         assert_eq!(t.next_expiry(), Some(Instant(100))); // stale record, harmless
         assert_eq!(t.pop_expired(Instant(250)).map(|(k, _)| k), Some(tuple(2)));
-        assert_eq!(t.pop_expired(Instant(250)), None);
-        assert_eq!(t.pop_expired(Instant(300)).map(|(k, _)| k), Some(tuple(1)));
+        assert_eq!(t.pop_expired(Instant(2_999_999)), None);
+        assert_eq!(
+            t.pop_expired(Instant(3_000_000)).map(|(k, _)| k),
+            Some(tuple(1))
+        );
         assert_eq!(t.len(), 0);
     }
 

@@ -86,6 +86,14 @@ impl Connection {
             self.snd_nxt = self.snd_una;
             self.fast_rexmit = false;
         }
+        if !handshake && self.snd_wnd == 0 && self.snd_una < self.snd_data_end {
+            // The peer's window is closed: retransmitting data into it is
+            // pointless (and would count towards giving up on a live peer).
+            // Probe instead (RFC 9293 3.8.6.1); its answer reopens or keeps waiting.
+            self.rto_at = None;
+            self.arm_persist(now, ctx.cfg.rto_max);
+            return;
+        }
         self.rto_at = Some(now + self.rtt.rto());
     }
 

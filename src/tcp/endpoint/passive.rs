@@ -33,11 +33,20 @@ impl Endpoint {
         }
         if f.contains(TcpFlags::ACK) {
             // Second, any ACK is bad in LISTEN ... unless it completes a SYN cookie.
-            if !f.contains(TcpFlags::SYN)
-                && self.config.syn_cookies
-                && self.cookie_ack(tuple, seg, payload, now)
-            {
-                return;
+            if !f.contains(TcpFlags::SYN) && self.config.syn_cookies {
+                let full = self
+                    .listeners
+                    .get(&tuple.local.port())
+                    .is_some_and(|l| l.accept_queue_full(self.config.accept_backlog));
+                if full {
+                    // Possibly a cookie we cannot take now: drop, the peer retries.
+                    self.stats.accept_queue_overflow += 1;
+                    self.stats.dropped_segments += 1;
+                    return;
+                }
+                if self.cookie_ack(tuple, seg, payload, now) {
+                    return;
+                }
             }
             self.stats.dropped_segments += 1;
             if let Some(rst) = reset_for(seg, payload.len()) {

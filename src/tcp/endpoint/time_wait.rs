@@ -158,8 +158,16 @@ impl Endpoint {
         // like Linux, restart 2 MSL so the peer's next (backed-off)
         // retransmission still finds us. A bare ACK gets nothing (no ACK war).
         self.drop_time_wait();
-        if !payload.is_empty() || f.contains(TcpFlags::FIN) {
+        let seg_end = seq + (payload.len() as u32 + u32::from(f.contains(TcpFlags::FIN)));
+        // Only a plausible retransmission: old data within what our receive
+        // window could have covered (a blind guess rarely is).
+        let plausible = seq < entry.rcv_nxt
+            && seg_end <= entry.rcv_nxt
+            && entry.rcv_nxt - seq <= self.config.recv_buffer as u32 + 1;
+        if seg_end != seq && plausible {
             self.time_wait.restart(&tuple, now + 2 * self.config.msl);
+            self.send_time_wait_ack(tuple, now);
+        } else if seg_end != seq && self.time_wait_ack_allowed(now) {
             self.send_time_wait_ack(tuple, now);
         }
     }

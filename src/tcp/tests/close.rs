@@ -349,3 +349,53 @@ fn old_duplicates_during_time_wait_are_dropped() {
     assert_eq!(p.a.stats().drop_time_wait, dropped_before + 3);
     assert_eq!(p.a.state_of(&p.tuple), State::TimeWait);
 }
+
+#[test]
+fn an_orphaned_fin_wait_2_gives_up_after_its_timeout() {
+    let mut p = Pair::new();
+    let (a_id, b_id, ..) = p.establish();
+    p.a.close(a_id).unwrap();
+    p.drive();
+    // B never closes: A (whose application is gone) waits fin_wait2_timeout.
+    assert_eq!(p.a_states.last(), Some(&State::FinWait2));
+    p.advance(Duration::from_secs(59));
+    assert_eq!(p.a.state_of(&p.tuple), State::FinWait2);
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.a.state_of(&p.tuple), State::Closed);
+    assert_eq!(p.a_events(), vec![(a_id, Event::Closed)]);
+    assert_eq!(p.b.state(b_id), Some(State::CloseWait));
+}
+
+#[test]
+fn abort_sends_rst_and_the_peer_sees_reset() {
+    let mut p = Pair::new();
+    let (a_id, b_id, a_iss, _) = p.establish();
+    p.a.abort(a_id).unwrap();
+    assert_eq!(p.a.state(a_id), None);
+    assert!(p.a_events().is_empty(), "no event for the aborting side");
+    let rst = p.a_sends();
+    rst.expect(RST, add(a_iss, 1), 0);
+    p.deliver_b(&rst);
+    assert_eq!(p.b_events(), vec![(b_id, Event::Reset)]);
+    assert_eq!(p.b_states.last(), Some(&State::Closed));
+    assert_eq!(p.a.send(a_id, b"x"), Err(crate::tcp::ConnError::InvalidId));
+}
+
+#[test]
+fn readable_is_edge_triggered_until_recv() {
+    let mut p = Pair::new();
+    let (a_id, b_id, ..) = p.establish();
+    p.a.send(a_id, b"one").unwrap();
+    p.drive();
+    p.a.send(a_id, b"two").unwrap();
+    p.drive();
+    // One event for both: the application has not called recv in between.
+    assert_eq!(p.b_events(), vec![(b_id, Event::Readable)]);
+    let mut buf = [0u8; 2];
+    assert_eq!(p.b.recv(b_id, &mut buf), Ok(2));
+    p.a.send(a_id, b"three").unwrap();
+    p.drive();
+    // recv was called: new data gives a new event.
+    assert_eq!(p.b_events(), vec![(b_id, Event::Readable)]);
+    assert_eq!(p.recv_all_b(b_id), b"etwothree");
+}

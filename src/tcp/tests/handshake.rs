@@ -291,3 +291,156 @@ fn synack_is_retransmitted_on_timeout_and_on_a_repeated_syn() {
     );
     assert!(p.b.stats().retransmits >= 2);
 }
+
+#[test]
+fn syn_cookies_when_the_syn_queue_is_full() {
+    let mut p = Pair::with_configs(
+        config(),
+        Config {
+            syn_backlog: 0,
+            ..config()
+        },
+    );
+    let a_id = p.connect();
+    let syn = p.a_sends();
+    p.deliver_b(&syn);
+    let synack = p.b_sends();
+    synack.expect(SYN | ACK, synack.tcp.seq, add(syn.tcp.seq, 1));
+    assert_eq!(p.b.stats().syn_cookies_sent, 1);
+    assert_eq!(p.b.connection_count(), 0, "no state kept for a cookie");
+    // Window scale and timestamps survive in the cookie.
+    assert_eq!(synack.tcp.options.window_scale, Some(7));
+    assert!(synack.tcp.options.timestamps.is_some());
+    // A forged ACK (wrong cookie) gets a RST and no connection.
+    let mut forged = syn.clone();
+    forged.tcp.flags = ACK;
+    forged.tcp.seq = add(syn.tcp.seq, 1);
+    forged.tcp.ack = add(synack.tcp.seq, 2);
+    forged.tcp.options.timestamps = synack.tcp.options.timestamps.map(|t| Timestamps {
+        tsval: t.tsecr,
+        tsecr: t.tsval,
+    });
+    p.deliver_b(&forged);
+    p.b_sends().expect(RST, add(synack.tcp.seq, 2), 0);
+    assert_eq!(p.b.stats().syn_cookies_rejected, 1);
+    // The real ACK completes the handshake statelessly: ESTABLISHED at once.
+    p.deliver_a(&synack);
+    let ack = p.a_sends();
+    p.deliver_b(&ack);
+    assert_eq!(p.b.stats().syn_cookies_accepted, 1);
+    let ev = p.b_events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].1, Event::Accepted { port: B_PORT });
+    let b_id = ev[0].0;
+    assert_eq!(p.b.state(b_id), Some(State::Established));
+    assert_eq!(p.b_states, vec![State::Listen, State::Established]);
+    // Data both ways with the decoded window scale: B's window field is scaled.
+    p.a.send(a_id, &[5u8; 3000]).unwrap();
+    p.drive();
+    assert_eq!(p.recv_all_b(b_id).len(), 3000);
+    p.b.send(b_id, b"pong").unwrap();
+    let d = p.b_sends();
+    assert_eq!(d.tcp.window, 512);
+    p.deliver_a(&d);
+    assert_eq!(p.recv_all_a(a_id), b"pong");
+}
+
+#[test]
+fn a_full_accept_queue_holds_back_handshakes() {
+    let mut p = Pair::with_configs(
+        config(),
+        Config {
+            accept_backlog: 1,
+            ..config()
+        },
+    );
+    p.connect();
+    p.drive();
+    // Not polled: the accept queue holds one.
+    let other = FourTuple {
+        local: SocketAddrV4::new(A_IP, A_PORT + 1),
+        remote: p.tuple.remote,
+    };
+    let second = p.a.connect_from(other.local, other.remote, p.now).unwrap();
+    let syn = p.a_sends();
+    p.deliver_b(&syn);
+    p.b_silent();
+    assert_eq!(p.b.stats().accept_queue_overflow, 1);
+    // The application takes the first: the retransmitted SYN gets through.
+    assert!(matches!(
+        p.b.poll_event(),
+        Some((_, Event::Accepted { .. }))
+    ));
+    p.advance(Duration::from_secs(1));
+    p.drive();
+    assert_eq!(p.a.state(second), Some(State::Established));
+    assert!(matches!(
+        p.b.poll_event(),
+        Some((_, Event::Accepted { .. }))
+    ));
+}
+
+#[test]
+fn close_in_syn_sent_deletes_the_connection() {
+    let mut p = Pair::new();
+    let a_id = p.connect();
+    let _syn = p.a_sends();
+    p.a.close(a_id).unwrap();
+    p.a_silent();
+    assert_eq!(p.a_events(), vec![(a_id, Event::Closed)]);
+    assert_eq!(
+        p.a_states,
+        vec![State::Closed, State::SynSent, State::Closed]
+    );
+    assert_eq!(p.a.connection_count(), 0);
+}
+
+#[test]
+fn shutdown_before_the_handshake_sends_fin_after_it() {
+    let mut p = Pair::new();
+    let a_id = p.connect();
+    p.a.send(a_id, b"early").unwrap();
+    p.a.shutdown(a_id).unwrap();
+    let syn = p.a_sends();
+    p.a_silent(); // nothing but the SYN before the handshake
+    p.deliver_b(&syn);
+    let synack = p.b_sends();
+    p.deliver_a(&synack);
+    let d = p.a_sends();
+    d.expect(ACK | PSH | FIN, add(syn.tcp.seq, 1), add(synack.tcp.seq, 1));
+    assert_eq!(d.payload, b"early");
+    assert_eq!(
+        p.a_states,
+        vec![State::Closed, State::SynSent, State::FinWait1]
+    );
+}
+
+#[test]
+fn rst_in_syn_received_returns_a_passive_open_to_listen_silently() {
+    let mut p = Pair::new();
+    p.connect();
+    let syn = p.a_sends();
+    p.deliver_b(&syn);
+    let synack = p.b_sends();
+    let rst = Seg {
+        tcp: TcpRepr {
+            seq: add(syn.tcp.seq, 1),
+            flags: RST,
+            options: TcpOptions::default(),
+            ..syn.tcp
+        },
+        ..syn.clone()
+    };
+    p.deliver_b(&rst);
+    assert!(p.b_events().is_empty(), "the application never saw it");
+    assert_eq!(
+        p.b_states,
+        vec![State::Listen, State::SynReceived, State::Closed]
+    );
+    assert_eq!(p.b.connection_count(), 0);
+    // The listener still works.
+    p.deliver_b(&syn);
+    // (Same tuple, same clock: the same ISN.)
+    p.b_sends()
+        .expect(SYN | ACK, synack.tcp.seq, add(syn.tcp.seq, 1));
+}

@@ -4,6 +4,7 @@
 
 mod close;
 mod handshake;
+mod hostile;
 mod pair;
 mod reliability;
 mod rfc5961;

@@ -3,6 +3,7 @@
 
 use super::pair::*;
 use crate::tcp::{Config, Event, State};
+use crate::wire::{TcpOptions, TcpRepr};
 use std::time::Duration;
 
 #[test]
@@ -209,4 +210,51 @@ fn writable_follows_a_short_send() {
     p.drive();
     assert_eq!(p.a_events(), vec![(a_id, Event::Writable)]);
     assert_eq!(p.a.send_capacity(a_id), 3000);
+}
+
+#[test]
+fn a_window_closing_under_data_in_flight_is_probed_not_timed_out() {
+    let mut p = Pair::with_configs(
+        Config {
+            max_retries: 3,
+            ..config()
+        },
+        config(),
+    );
+    let (a_id, b_id, _, b_iss) = p.establish();
+    p.a.send(a_id, &[9u8; 3000]).unwrap();
+    let s1 = p.a_sends();
+    let _lost = (p.a_sends(), p.a_sends());
+    p.deliver_b(&s1);
+    p.advance(Duration::from_millis(40));
+    let _b_ack_lost = p.b_sends();
+    // The peer acknowledges s1 and shrinks its window to zero while s2 and s3
+    // are in flight (B's own delayed ACK was lost).
+    let shrink = Seg {
+        src: B_IP,
+        dst: A_IP,
+        tcp: TcpRepr {
+            src_port: B_PORT,
+            dst_port: A_PORT,
+            seq: add(b_iss, 1),
+            ack: add(s1.tcp.seq, 1448),
+            flags: ACK,
+            window: 0,
+            options: TcpOptions::default(),
+        },
+        payload: vec![],
+    };
+    p.deliver_a(&shrink);
+    // More timeouts than max_retries pass: A probes rather than retransmitting
+    // into the closed window and giving up; B's answers reopen it.
+    for _ in 0..8 {
+        let Some(deadline) = p.a.poll_timeout() else {
+            break;
+        };
+        p.advance(deadline.saturating_duration_since(p.now));
+        p.drive();
+    }
+    assert!(p.a_events().iter().all(|(_, e)| *e != Event::TimedOut));
+    assert_eq!(p.a.state(a_id), Some(State::Established));
+    assert_eq!(p.recv_all_b(b_id).len(), 3000);
 }

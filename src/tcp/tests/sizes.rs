@@ -24,3 +24,9 @@ fn connection_size_is_reported() {
     // Guard against accidental growth (e.g. an inline buffer).
     assert!(conn <= 512, "{conn}");
 }
+
+#[test]
+fn an_endpoint_can_move_to_its_shard_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<crate::tcp::Endpoint>();
+}
