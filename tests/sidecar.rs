@@ -912,22 +912,34 @@ s.close()
 
 #[test]
 fn sidecar_churn_100k_short_connections_through_one_backend() {
+    // 1,000 upstream ports, MSL 30 s. The reuse delay caps new connections
+    // to one backend at ports / reuse_delay per second; 100 ms lifts the
+    // cap to 10,000/s, so the run measures the stack, not the cap. Safety
+    // does not rest on the delay: reuse still requires timestamps, a newer
+    // ISN and a newer timestamp clock (ARCHITECTURE.md).
+    churn(100);
+}
+
+#[test]
+#[ignore = "bound by the port rate: ~105 s at the default 1 s reuse delay; run with --ignored"]
+fn sidecar_churn_100k_at_the_default_reuse_delay() {
+    // With the default 1 s delay the cap is 1,000/s against the 833/s this
+    // needs: measured 955/s, 104.7 s, zero failures (sessions wait for a
+    // port instead of failing), on 2 shared cores.
+    churn(1000);
+}
+
+fn churn(reuse_delay_ms: u64) {
     if !need_root() {
         return;
     }
     const TOTAL: u64 = 100_000;
-    let mut lab = Lab::new("churn", 0);
+    let mut lab = Lab::new(&format!("churn{reuse_delay_ms}"), 0);
     lab.start_backend(0, "http");
-    // 1,000 upstream ports, MSL 30 s. The reuse delay caps new connections
-    // to one backend at ports / reuse_delay per second: with the default
-    // 1 s that is 1,000/s (measured here: 848/s, 117.9 s for 100k, and 81
-    // clients reset after waiting past connect_ms for a port), too close to
-    // the 833/s this test needs; 100 ms lifts the cap to 10,000/s. Safety
-    // does not rest on the delay: reuse still requires timestamps, a newer
-    // ISN and a newer timestamp clock (ARCHITECTURE.md).
-    let upstream =
-        "[upstream]\nports = \"50000-50999\"\nmsl_ms = 30000\nreuse = true\nreuse_delay_ms = 100\n";
-    let cfg = lab.write_config("churn.toml", &lab.config("round-robin", &[0], upstream));
+    let upstream = format!(
+        "[upstream]\nports = \"50000-50999\"\nmsl_ms = 30000\nreuse = true\nreuse_delay_ms = {reuse_delay_ms}\n"
+    );
+    let cfg = lab.write_config("churn.toml", &lab.config("round-robin", &[0], &upstream));
     lab.start_sidecar(&cfg);
 
     // Scrape TIME_WAIT once a second while the load runs.
