@@ -137,6 +137,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let installed = match cli.command {
+        Command::Demo => Ok(()), // the demo handles its own signals
+        _ => install_signal_handlers(),
+    };
+    if let Err(e) = installed {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Serve {
             iface,
@@ -220,12 +228,22 @@ fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     Ok(lo..=hi)
 }
 
-/// Blocks until SIGINT or SIGTERM, or until `done` says so.
-fn wait_for_signal(done: impl Fn() -> bool) -> anyhow::Result<bool> {
+/// Set by SIGINT/SIGTERM; the handlers are installed before anything starts,
+/// so a signal that comes right after the `listening` line is never lost.
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+fn install_signal_handlers() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    let _ = STOP.set(stop);
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM, or until `done` says so.
+fn wait_for_signal(done: impl Fn() -> bool) -> anyhow::Result<bool> {
+    let stop = STOP.get().context("signal handlers not installed")?.clone();
     while !stop.load(Ordering::Relaxed) {
         if done() {
             return Ok(false);

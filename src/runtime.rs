@@ -104,6 +104,7 @@ pub struct Running<A> {
     pub zerocopy: bool,
     pub registry: Registry,
     control: Arc<AtomicU8>,
+    done: Arc<std::sync::atomic::AtomicUsize>,
     shards: Vec<JoinHandle<A>>,
     metrics_thread: Option<JoinHandle<()>>,
     metrics_stop: Arc<std::sync::atomic::AtomicBool>,
@@ -125,9 +126,11 @@ impl<A> Running<A> {
         )
     }
 
-    /// True once every shard has returned (apps that finish on their own).
+    /// True once every shard's app has finished (apps that finish on their
+    /// own, like the load generator) or a shard thread has ended.
     pub fn finished(&self) -> bool {
-        self.shards.iter().all(JoinHandle::is_finished)
+        self.done.load(Ordering::Relaxed) >= self.shards.len()
+            || self.shards.iter().any(JoinHandle::is_finished)
     }
 
     /// Stops accepting, lets connections finish within the grace period,
@@ -210,9 +213,15 @@ where
     let active: Vec<u16> = opts.active_ports.clone().collect();
     xdp.choose_ports(&active)?;
 
+    // Steer once every queue has a socket: frames wait in the rx rings until
+    // the shards start, and an app's first SYN (load's on_start) is never
+    // answered before its replies are ours.
+    xdp.enable(Some(iface.ipv4))?;
+
     let flows = FlowMap::new(shards, opts.active_ports.clone());
     let exchange = Exchange::new(shards);
     let control = Arc::new(AtomicU8::new(RUNNING));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut registry = Registry::default();
     let mut handles = Vec::new();
@@ -239,6 +248,7 @@ where
             metrics: m,
             control: control.clone(),
             grace: opts.grace,
+            done: done.clone(),
             core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
         };
         let t = std::thread::Builder::new()
@@ -257,8 +267,6 @@ where
         ),
         None => None,
     };
-    // Steer only now that every queue has a socket and a shard behind it.
-    xdp.enable(Some(iface.ipv4))?;
     Ok(Running {
         mode: xdp.mode().as_str(),
         iface,
@@ -266,6 +274,7 @@ where
         zerocopy,
         registry,
         control,
+        done,
         shards: handles,
         metrics_thread,
         metrics_stop,

@@ -105,8 +105,14 @@ print(refused, worst, other[:3])
         .sh_ok(&format!("ping -c 2 -W 2 {ip}"))
         .expect("ping must still answer");
 
-    let text = scrape(&topo, "127.0.0.1:9901");
-    assert!(metric(&text, "turnstile_rst_sent_total") >= 1000, "{text}");
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            text = scrape(&topo, "127.0.0.1:9901");
+            metric(&text, "turnstile_rst_sent_total") >= 1000
+        }),
+        "{text}"
+    );
 
     // Check every RST on the wire, field by field, against its SYN.
     std::thread::sleep(Duration::from_millis(500));
@@ -237,11 +243,18 @@ print(refused)
         ),
     );
     assert_eq!(out.trim(), "200");
-    let text = scrape(&topo, "127.0.0.1:9902");
+    // Shards publish their counters every 50 ms.
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            text = scrape(&topo, "127.0.0.1:9902");
+            metric(&text, "turnstile_rst_sent_total") >= 200
+        }),
+        "{text}"
+    );
     let q0 = metric(&text, "turnstile_shard_rx_packets_total{shard=\"0\"}");
     let q1 = metric(&text, "turnstile_shard_rx_packets_total{shard=\"1\"}");
     assert!(q0 > 0 && q1 > 0, "both queues must carry frames: {q0} {q1}");
-    assert!(metric(&text, "turnstile_rst_sent_total") >= 200);
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn http_answers_curl_python_and_20k_short_connections() {
     if !need_root() {
         return;
     }
+    let _serial = serial();
     let mut topo = two_queues();
     let (line, _) = start_serve(
         &mut topo,
@@ -52,23 +53,26 @@ fn http_answers_curl_python_and_20k_short_connections() {
         &topo,
         &format!(
             r#"
-import socket, asyncio
+import socket, asyncio, collections
 IP, PORT = "{ip}", 8080
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 def check(resp):
     head, _, body = resp.partition(b"\r\n\r\n")
     return head.startswith(b"HTTP/1.1 200 OK") and body == b"turnstile\n"
-bad = 0
+bad = collections.Counter()
 for i in range(10000):
-    s = socket.create_connection((IP, PORT), timeout=5)
-    s.sendall(REQ)
-    chunks = []
-    while True:
-        c = s.recv(4096)
-        if not c: break
-        chunks.append(c)
-    s.close()
-    if not check(b"".join(chunks)): bad += 1
+    try:
+        s = socket.create_connection((IP, PORT), timeout=5)
+        s.sendall(REQ)
+        chunks = []
+        while True:
+            c = s.recv(4096)
+            if not c: break
+            chunks.append(c)
+        s.close()
+        if not check(b"".join(chunks)): bad["bad response"] += 1
+    except Exception as e:
+        bad[repr(e)] += 1
 async def one(sem):
     async with sem:
         r, w = await asyncio.wait_for(asyncio.open_connection(IP, PORT), 5)
@@ -79,18 +83,25 @@ async def one(sem):
 async def main():
     sem = asyncio.Semaphore(200)
     res = await asyncio.gather(*[one(sem) for _ in range(10000)], return_exceptions=True)
-    return sum(1 for r in res if r is not True)
+    return collections.Counter(repr(r) for r in res if r is not True)
 bad_conc = asyncio.run(main())
-print(bad, bad_conc)
+print(sum(bad.values()), sum(bad_conc.values()), dict(bad), dict(bad_conc))
 "#
         ),
     );
-    assert_eq!(out.trim(), "0 0", "sequential and concurrent errors");
+    assert!(
+        out.starts_with("0 0 "),
+        "sequential and concurrent errors: {out}"
+    );
 
     // We closed first, so the TIME_WAIT entries are ours, and they go after 2MSL.
-    let text = scrape(&topo, "127.0.0.1:9911");
+    // Shards publish their counters every 50 ms: allow for that.
+    let mut text = String::new();
     assert!(
-        metric(&text, "turnstile_connections_accepted_total") >= 20_001,
+        eventually(Duration::from_secs(2), || {
+            text = scrape(&topo, "127.0.0.1:9911");
+            metric(&text, "turnstile_connections_accepted_total") >= 20_001
+        }),
         "{text}"
     );
     let tw = metric(&text, "turnstile_time_wait");
@@ -112,6 +123,7 @@ fn echo_survives_five_percent_loss_both_ways() {
     if !need_root() {
         return;
     }
+    let _serial = serial();
     let mut topo = two_queues();
     start_serve(
         &mut topo,
@@ -176,6 +188,7 @@ fn half_close_still_receives_the_echo() {
     if !need_root() {
         return;
     }
+    let _serial = serial();
     let mut topo = two_queues();
     start_serve(&mut topo, &["--port", "7007", "--app", "echo"]);
     let ip = topo.server.ip;
@@ -205,6 +218,7 @@ fn passive_time_wait_is_recycled_for_a_newer_syn() {
     if !need_root() {
         return;
     }
+    let _serial = serial();
     let mut topo = two_queues();
     start_serve(
         &mut topo,
@@ -361,6 +375,7 @@ fn active_opens_recycle_time_wait_through_a_small_port_range() {
     if !need_root() {
         return;
     }
+    let _serial = serial();
     let mut topo = two_queues();
     let dir = start_nginx(&mut topo);
     topo.client.sh_ok("nstat -n").ok(); // reset the kernel's counters
@@ -398,6 +413,7 @@ fn active_opens_without_reuse_fail_with_no_port() {
     if !need_root() {
         return;
     }
+    let _serial = serial();
     let mut topo = two_queues();
     let dir = start_nginx(&mut topo);
     let (ok, json) = run_load(
@@ -431,6 +447,7 @@ fn sigterm_drains_established_connections_then_exits_zero() {
     if !need_root() {
         return;
     }
+    let _serial = serial();
     let topo = two_queues();
     let mut cmd = topo.server.command(BIN);
     cmd.args([

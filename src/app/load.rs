@@ -92,8 +92,10 @@ pub struct Load {
     slots: Vec<Slot>,
     free: Vec<usize>,
     scratch: Vec<u8>,
-    /// Set when an open failed for lack of a port: no point retrying at once.
     last_error: Option<String>,
+    /// Every port to the target is in TIME_WAIT, younger than the reuse
+    /// delay: opens wait until then instead of failing.
+    retry_at: Option<Instant>,
 }
 
 impl Load {
@@ -117,6 +119,7 @@ impl Load {
             report: LoadReport::default(),
             scratch: vec![0; 16 * 1024],
             last_error: None,
+            retry_at: None,
         }
     }
 
@@ -125,6 +128,10 @@ impl Load {
     }
 
     fn open_more(&mut self, ctx: &mut Ctx<'_>) {
+        if self.retry_at.is_some_and(|t| ctx.now() < t) {
+            return;
+        }
+        self.retry_at = None;
         while self.started < self.cfg.total && !self.free.is_empty() {
             self.started += 1;
             match ctx.connect(self.cfg.target) {
@@ -138,11 +145,19 @@ impl Load {
                     s.body_ok = true;
                     self.conns.insert(id, slot);
                 }
-                Err(e) => {
-                    match e {
-                        OpenError::Connect(ConnectError::NoPort) => self.report.failed_no_port += 1,
-                        _ => self.report.failed_other += 1,
+                Err(OpenError::Connect(ConnectError::NoPort)) => {
+                    if let Some(at) = ctx.next_reuse_at(self.cfg.target) {
+                        // Like a client whose connect() would succeed in a
+                        // moment: wait for the reuse delay, do not fail.
+                        self.started -= 1;
+                        self.retry_at = Some(at);
+                        return;
                     }
+                    self.report.failed_no_port += 1;
+                    self.last_error = Some(ConnectError::NoPort.to_string());
+                }
+                Err(e) => {
+                    self.report.failed_other += 1;
                     self.last_error = Some(e.to_string());
                 }
             }

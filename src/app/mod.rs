@@ -79,6 +79,20 @@ impl Ctx<'_> {
     pub fn tuple(&self, id: ConnId) -> Option<FourTuple> {
         self.ep.tuple(id)
     }
+    /// Asks for `Event::Writable` once send space frees. The engine arms it
+    /// on a send that comes up short, so with a full buffer a one-byte send
+    /// is refused (nothing is queued) and arms it; with room, there is
+    /// nothing to wait for.
+    pub fn want_writable(&mut self, id: ConnId) {
+        if self.ep.send_capacity(id) == 0 {
+            let _ = self.ep.send(id, &[0]);
+        }
+    }
+    /// After a `NoPort` failure: when a retry can succeed through TIME_WAIT
+    /// reuse, or `None` when it cannot (reuse off, nothing reusable).
+    pub fn next_reuse_at(&mut self, remote: SocketAddrV4) -> Option<Instant> {
+        self.ep.next_reuse_at(self.local_ip, remote)
+    }
     /// Opens a connection from this shard's address and port range.
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, OpenError> {
         self.next_hop
@@ -116,6 +130,9 @@ pub(crate) fn pump_back(
     loop {
         let room = ctx.send_capacity(id).min(scratch.len());
         if room == 0 {
+            if ctx.recv_available(id) > 0 {
+                ctx.want_writable(id);
+            }
             return Ok(moved);
         }
         let n = ctx.recv(id, &mut scratch[..room])?;

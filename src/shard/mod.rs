@@ -52,6 +52,9 @@ pub struct Shard<A: App> {
     pub metrics: Arc<ShardMetrics>,
     pub control: Arc<AtomicU8>,
     pub grace: Duration,
+    /// Shards whose app has finished; a finished shard keeps polling (its
+    /// queue may still carry other shards' flows) until the runtime stops it.
+    pub done: Arc<std::sync::atomic::AtomicUsize>,
     pub core: Option<core_affinity::CoreId>,
 }
 
@@ -72,6 +75,7 @@ impl<A: App> Shard<A> {
         let mut idle = 0u32;
         let mut last_stats = now;
         let mut drain_deadline: Option<Instant> = None;
+        let mut counted_done = false;
         loop {
             let now = clock::now();
             match self.control.load(Ordering::Relaxed) {
@@ -89,8 +93,9 @@ impl<A: App> Shard<A> {
                 }
                 _ => {}
             }
-            if self.app.finished() && self.endpoint.connection_count() == 0 {
-                break;
+            if !counted_done && self.app.finished() && self.endpoint.connection_count() == 0 {
+                counted_done = true;
+                self.done.fetch_add(1, Ordering::Relaxed);
             }
             let work = self.pass(now);
             if work == 0 {

@@ -139,3 +139,10 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Serialises the heavy tests of one test binary: on two shared cores,
+/// running them side by side measures the machine, not the stack.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

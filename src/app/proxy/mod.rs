@@ -8,7 +8,8 @@
 //!   the other leg's send buffer, never more than fits, so a slow reader
 //!   keeps the other side's window closed and memory stays bounded (one
 //!   scratch buffer per shard). A direction blocked on a full send buffer
-//!   resumes on `Writable` or, failing that, on the next loop pass.
+//!   resumes on `Writable` (asked for with `want_writable`), with a
+//!   periodic re-check as a safety net.
 //! - Client bytes that arrive before the upstream is connected stay in the
 //!   client leg's receive buffer (unread) until it is.
 //! - Half-close: a FIN on one leg becomes `shutdown` of the other once
@@ -44,8 +45,10 @@ use pool::{Backend, Failure, RouteCell, Routes};
 /// How often deadlines (connect, idle, health checks) are looked at.
 const SCAN_EVERY: Duration = Duration::from_millis(5);
 
-/// How often sessions waiting for a local port try again.
-const PORT_RETRY_EVERY: Duration = Duration::from_millis(1);
+/// Sessions waiting for a local port try again when the engine says a
+/// TIME_WAIT tuple becomes reusable, and at least this often (a port may
+/// also free when a connection ends without TIME_WAIT).
+const PORT_RETRY_EVERY: Duration = Duration::from_millis(5);
 
 /// Proxy-wide counters (all shards).
 #[derive(Debug, Default)]
@@ -314,6 +317,8 @@ impl Proxy {
     /// first: they get ports as TIME_WAIT tuples become reusable, so a burst
     /// beyond the port range's rate is delayed rather than reset.
     fn retry_port_waiters(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        let mut next = now.saturating_add(PORT_RETRY_EVERY);
         let mut busy: Vec<SocketAddrV4> = Vec::new();
         for _ in 0..self.port_waiters.len() {
             let Some(sid) = self.port_waiters.pop_front() else {
@@ -340,7 +345,12 @@ impl Proxy {
             let addr = backend.addr;
             match self.open_upstream(ctx, sid, backend) {
                 Ok(()) => {}
-                Err(None) => busy.push(addr),
+                Err(None) => {
+                    busy.push(addr);
+                    if let Some(at) = ctx.next_reuse_at(addr) {
+                        next = next.min(at.max(now));
+                    }
+                }
                 Err(Some(_)) => {
                     if let Some(s) = self.sessions[sid as usize].as_mut() {
                         s.backend = None;
@@ -349,6 +359,7 @@ impl Proxy {
                 }
             }
         }
+        self.next_port_retry = next;
     }
 
     /// The upstream attempt failed before any byte was relayed: try the
@@ -511,8 +522,8 @@ impl Proxy {
         }
     }
 
-    /// Re-tries blocked directions (send space may have freed without a
-    /// `Writable`, e.g. after a send that exactly filled the buffer).
+    /// Re-tries blocked directions. `want_writable` asks the engine for a
+    /// `Writable` when space frees; this is the safety net, every scan.
     fn unblock(&mut self, ctx: &mut Ctx<'_>) {
         if self.blocked.is_empty() {
             return;
@@ -676,6 +687,9 @@ fn relay(ctx: &mut Ctx<'_>, s: &mut Session, from: Leg, scratch: &mut [u8]) -> b
         let room = ctx.send_capacity(dst).min(scratch.len());
         if room == 0 {
             blocked = ctx.recv_available(src) > 0;
+            if blocked {
+                ctx.want_writable(dst);
+            }
             break;
         }
         let n = match ctx.recv(src, &mut scratch[..room]) {
@@ -733,17 +747,16 @@ impl App for Proxy {
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         self.refresh_routes();
-        self.unblock(ctx);
         if !self.port_waiters.is_empty() && ctx.now() >= self.next_port_retry {
             // Every attempt that finds no port is counted by the engine
             // (turnstile_connect_failures_total{reason="no_port"}): at most
-            // one per busy backend per millisecond.
-            self.next_port_retry = ctx.now().saturating_add(PORT_RETRY_EVERY);
+            // one per busy backend per retry.
             self.retry_port_waiters(ctx);
         }
         let now = ctx.now();
         if now >= self.next_scan {
             self.next_scan = now.saturating_add(SCAN_EVERY);
+            self.unblock(ctx);
             self.check_deadlines(ctx);
             self.check_health(ctx);
         }

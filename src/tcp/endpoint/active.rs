@@ -122,6 +122,33 @@ impl Endpoint {
         reuse_is_safe(&self.keys, self.config.reuse_delay, tuple, e, now)
     }
 
+    /// After `connect` to `remote` failed with `NoPort`: the earliest moment a
+    /// retry can succeed through TIME-WAIT reuse, i.e. when the oldest entry
+    /// to that destination that negotiated timestamps reaches `reuse_delay`.
+    /// `None` when reuse is off or no entry could ever qualify, so a caller
+    /// can tell "wait a moment" from "this will not work".
+    pub fn next_reuse_at(&mut self, local: Ipv4Addr, remote: SocketAddrV4) -> Option<Instant> {
+        if !self.config.reuse {
+            return None;
+        }
+        let key = DestKey {
+            local,
+            remote: *remote.ip(),
+            remote_port: remote.port(),
+        };
+        let delay = self.config.reuse_delay;
+        let time_wait = &self.time_wait;
+        let records = self.ports.time_wait_records(key)?;
+        records.iter().find_map(|&(port, entered)| {
+            let tuple = FourTuple {
+                local: SocketAddrV4::new(local, port),
+                remote,
+            };
+            let e = time_wait.get(&tuple)?;
+            (e.entered == entered && e.timestamps).then(|| entered.saturating_add(delay))
+        })
+    }
+
     /// No port is free to `key`: take the oldest safe TIME-WAIT tuple, if any.
     fn reuse_time_wait(&mut self, key: DestKey, remote: SocketAddrV4, now: Instant) -> Option<u16> {
         if !self.config.reuse {
