@@ -3,12 +3,14 @@
 //! Layers only look down: `wire` <- `tcp` <- `shard` <- `app` <- the binaries.
 
 pub mod app;
+pub mod config;
 pub mod iface;
 pub mod metrics;
 pub mod neigh;
 pub mod ports;
 pub mod runtime;
 pub mod shard;
+pub mod sidecar;
 pub mod tcp;
 pub mod topology;
 pub mod wire;

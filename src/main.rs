@@ -204,10 +204,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Run { config } => Err(anyhow::anyhow!(
-            "turnstile run --config {}: the sidecar is not built yet (issue #6)",
-            config.display()
-        )),
+        Command::Run { config } => turnstile::sidecar::run(&config, print_ready),
         Command::Demo => demo::run(),
     };
     match result {

@@ -68,14 +68,29 @@ impl ShardMetrics {
     }
 }
 
+/// Appends more metric families to an exposition (apps with metrics of
+/// their own, e.g. the sidecar's per-backend counters).
+pub type Renderer = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// Every shard's metrics plus the XDP program's counters.
 #[derive(Clone, Default)]
 pub struct Registry {
     pub shards: Vec<Arc<ShardMetrics>>,
     pub xdp: Option<Arc<dyn Fn() -> XdpCounters + Send + Sync>>,
+    /// Shared by every clone (so a renderer added after the metrics server
+    /// started is served too).
+    pub extra: Arc<std::sync::RwLock<Vec<Renderer>>>,
 }
 
 impl Registry {
+    /// Adds families rendered after the built-in ones, on every scrape.
+    pub fn add_renderer(&self, render: Renderer) {
+        self.extra
+            .write()
+            .expect("metrics renderers lock")
+            .push(render);
+    }
+
     fn sum(&self, pick: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
         self.shards
             .iter()
@@ -259,6 +274,9 @@ impl Registry {
                 ],
             );
         }
+        for render in self.extra.read().expect("metrics renderers lock").iter() {
+            render(&mut out);
+        }
         out
     }
 }
@@ -343,6 +361,7 @@ mod tests {
         let reg = Registry {
             shards: vec![a, b],
             xdp: None,
+            ..Default::default()
         };
         let text = reg.render();
         assert_eq!(sample(&text, "turnstile_rx_packets_total"), Some(7));

@@ -105,8 +105,14 @@ print(refused, worst, other[:3])
         .sh_ok(&format!("ping -c 2 -W 2 {ip}"))
         .expect("ping must still answer");
 
-    let text = scrape(&topo, "127.0.0.1:9901");
-    assert!(metric(&text, "turnstile_rst_sent_total") >= 1000, "{text}");
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            text = scrape(&topo, "127.0.0.1:9901");
+            metric(&text, "turnstile_rst_sent_total") >= 1000
+        }),
+        "{text}"
+    );
 
     // Check every RST on the wire, field by field, against its SYN.
     std::thread::sleep(Duration::from_millis(500));
@@ -174,31 +180,11 @@ fn sigterm_detaches_and_exits_zero() {
         return;
     }
     let topo = Topology::new(TopologyConfig::default()).expect("topology");
-    let mut cmd = topo.server.command(BIN);
-    cmd.args(["serve", "--iface", &topo.server.dev, "--port", "7000"])
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("listening "));
+    let mut child = spawn_serve_owned(&topo, &["--port", "7000"]);
     // SAFETY: plain kill(2) of the child we started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = status.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("turnstile did not exit within 5 s of SIGTERM")
-    });
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, Duration::from_secs(5))
+        .expect("turnstile must exit within 5 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     assert!(!xdp_attached(&topo));
 }
@@ -237,11 +223,18 @@ print(refused)
         ),
     );
     assert_eq!(out.trim(), "200");
-    let text = scrape(&topo, "127.0.0.1:9902");
+    // Shards publish their counters every 50 ms.
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            text = scrape(&topo, "127.0.0.1:9902");
+            metric(&text, "turnstile_rst_sent_total") >= 200
+        }),
+        "{text}"
+    );
     let q0 = metric(&text, "turnstile_shard_rx_packets_total{shard=\"0\"}");
     let q1 = metric(&text, "turnstile_shard_rx_packets_total{shard=\"1\"}");
     assert!(q0 > 0 && q1 > 0, "both queues must carry frames: {q0} {q1}");
-    assert!(metric(&text, "turnstile_rst_sent_total") >= 200);
 }
 
 #[test]

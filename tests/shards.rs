@@ -89,7 +89,10 @@ print(sum(bad.values()), sum(bad_conc.values()), dict(bad), dict(bad_conc))
 "#
         ),
     );
-    assert!(out.starts_with("0 0 "), "sequential and concurrent errors: {out}");
+    assert!(
+        out.starts_with("0 0 "),
+        "sequential and concurrent errors: {out}"
+    );
 
     // We closed first, so the TIME_WAIT entries are ours, and they go after 2MSL.
     // Shards publish their counters every 50 ms: allow for that.
@@ -446,27 +449,8 @@ fn sigterm_drains_established_connections_then_exits_zero() {
     }
     let _serial = serial();
     let topo = two_queues();
-    let mut cmd = topo.server.command(BIN);
-    cmd.args([
-        "serve",
-        "--iface",
-        &topo.server.dev,
-        "--port",
-        "7007",
-        "--app",
-        "echo",
-    ])
-    .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("listening "));
-    let pid = child.id();
-    let mut child = ChildGuard(child);
+    let mut child = spawn_serve_owned(&topo, &["--port", "7007", "--app", "echo"]);
+    let pid = child.0.id();
     let ip = topo.server.ip;
     let out = client_python(
         &topo,
@@ -494,15 +478,8 @@ print(got.decode(), refused, rest == b"")
         ),
     );
     assert_eq!(out.trim(), "after True True");
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = status.expect("exits once its last connection is gone");
+    let status = wait_exit(&mut child, Duration::from_secs(5))
+        .expect("exits once its last connection is gone");
     assert!(status.success(), "{status:?}");
     assert!(!xdp_attached(&topo));
 }

@@ -11,10 +11,11 @@ pub mod discard;
 pub mod echo;
 pub mod http;
 pub mod load;
+pub mod proxy;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::tcp::{ConnError, ConnId, ConnectError, Endpoint, Event, Instant, State};
+use crate::tcp::{ConnError, ConnId, ConnectError, Endpoint, Event, FourTuple, Instant, State};
 
 /// Why an active open could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,10 @@ impl Ctx<'_> {
     }
     pub fn recv_available(&self, id: ConnId) -> usize {
         self.ep.recv_available(id)
+    }
+    /// The connection's addresses (the proxy hashes the client's).
+    pub fn tuple(&self, id: ConnId) -> Option<FourTuple> {
+        self.ep.tuple(id)
     }
     /// Asks for `Event::Writable` once send space frees. The engine arms it
     /// on a send that comes up short, so with a full buffer a one-byte send

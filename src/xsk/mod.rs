@@ -136,14 +136,28 @@ impl XskSocket {
             queue,
             err: e.to_string(),
         };
-        // SAFETY: a fresh UMEM, bound once, with libxdp's own program load inhibited.
-        let (tx, rx, rings) =
-            unsafe { Socket::new(sock_cfg, &umem, &if_name, queue) }.map_err(|e| {
-                let detail = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
-                sock_err(&format!("{e} {detail}"))
-            })?;
+        // A process that just died (SIGKILL) leaves its socket on the queue
+        // until the kernel's deferred release runs: EBUSY for a moment. A
+        // restart right after a crash should work, so wait that out, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (tx, rx, rings) = loop {
+            // SAFETY: a fresh UMEM, bound once, with libxdp's own program load inhibited.
+            match unsafe { Socket::new(sock_cfg, &umem, &if_name, queue) } {
+                Ok(ok) => break ok,
+                Err(e) => {
+                    let source = std::error::Error::source(&e);
+                    let os = source
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .and_then(std::io::Error::raw_os_error);
+                    if os == Some(libc::EBUSY) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        continue;
+                    }
+                    let detail = source.map(|s| s.to_string()).unwrap_or_default();
+                    return Err(sock_err(&format!("{e} {detail}")));
+                }
+            }
+        };
         let (mut fill, comp) = rings.ok_or_else(|| sock_err(&"no fill/completion ring"))?;
         let fd = rx.fd().as_raw_fd();
 

@@ -146,3 +146,30 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Starts `turnstile serve` like [`start_serve`] but hands the process to
+/// the caller (to signal it and watch it exit); killed on drop.
+pub fn spawn_serve_owned(topo: &Topology, args: &[&str]) -> ChildGuard {
+    let mut cmd = topo.server.command(BIN);
+    cmd.arg("serve")
+        .args(["--iface", &topo.server.dev])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn turnstile");
+    wait_listening(&mut child);
+    ChildGuard(child)
+}
+
+/// Waits (bounded) for the child to exit.
+pub fn wait_exit(child: &mut ChildGuard, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}

@@ -1,0 +1,284 @@
+//! The load-balancer sidecar, `turnstile run --config FILE`: the stack with
+//! the [`Proxy`] app on every shard, and a control thread (the caller's)
+//! that handles signals, reloads and health changes.
+//!
+//! - SIGHUP re-reads the file. A file that fails validation, or that changes
+//!   what cannot change while running (see [`Config::reload_check`]), is
+//!   rejected with one logged error and the running configuration stays.
+//!   Otherwise a new routing snapshot is published: new backends take new
+//!   connections at once; connections to removed backends carry on until
+//!   they end (they are not counted against anything and are not checked).
+//! - A backend's health changes are seen here within a few milliseconds and
+//!   the Maglev tables are rebuilt without (or with) it.
+//! - SIGINT/SIGTERM: stop accepting, let connections finish within
+//!   `timeouts.drain_ms`, detach, return.
+
+pub mod metrics;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::app::proxy::pool::{BackendSet, Routes};
+use crate::app::proxy::{Proxy, Shared};
+use crate::config::Config;
+use crate::runtime;
+
+/// How often the control thread looks at signals and health changes.
+const CONTROL_EVERY: Duration = Duration::from_millis(10);
+
+/// Reload outcomes, for metrics.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// The running configuration and what was built from it.
+pub struct Sidecar {
+    config: Config,
+    pub backends: Arc<BackendSet>,
+    pub shared: Arc<Shared>,
+    pub reloads: Arc<Reloads>,
+    generation: u64,
+    health_seen: u64,
+}
+
+impl Sidecar {
+    pub fn new(config: Config) -> Self {
+        let backends = Arc::new(BackendSet::default());
+        let routes = Routes::build(&config, &backends, None, 1);
+        Sidecar {
+            config,
+            backends,
+            shared: Arc::new(Shared::new(routes)),
+            reloads: Arc::new(Reloads::default()),
+            generation: 1,
+            health_seen: 0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Re-reads the configuration file and applies it; on error nothing
+    /// changes.
+    pub fn reload(&mut self) -> Result<(), String> {
+        let result = Config::load(&self.config.file)
+            .map_err(|e| e.to_string())
+            .and_then(|new| self.apply(new));
+        let counter = if result.is_ok() {
+            &self.reloads.ok
+        } else {
+            &self.reloads.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Replaces the running configuration with `new` if it may.
+    pub fn apply(&mut self, new: Config) -> Result<(), String> {
+        self.config
+            .reload_check(&new)
+            .map_err(|e| format!("{}: {e}", new.file.display()))?;
+        self.publish(&new);
+        self.backends.retain_configured(&new.all_backends());
+        self.config = new;
+        Ok(())
+    }
+
+    /// After health changes: rebuilds the Maglev tables if some backend's
+    /// state differs from what they were built with.
+    pub fn follow_health(&mut self) {
+        let seen = self.shared.health_changes.load(Ordering::Acquire);
+        if seen == self.health_seen {
+            return;
+        }
+        self.health_seen = seen;
+        if self.shared.routes.load().tables_stale() {
+            let config = self.config.clone();
+            self.publish(&config);
+        }
+    }
+
+    fn publish(&mut self, config: &Config) {
+        let prev = self.shared.routes.load();
+        self.generation += 1;
+        let routes = Routes::build(config, &self.backends, Some(&prev), self.generation);
+        self.shared.routes.store(routes);
+    }
+}
+
+/// Runs the sidecar until SIGINT/SIGTERM. `ready` gets the `listening ...`
+/// line once the stack is up.
+pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let opts = config.stack_options();
+    let mut sidecar = Sidecar::new(config);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .context("installing the SIGHUP handler")?;
+
+    let shared = sidecar.shared.clone();
+    let running = runtime::start(&opts, |id, shards| Proxy::new(shared.clone(), id, shards))
+        .with_context(|| format!("{}", path.display()))?;
+    running.registry.add_renderer(metrics::renderer(
+        sidecar.backends.clone(),
+        sidecar.shared.clone(),
+        sidecar.reloads.clone(),
+    ));
+    tracing::info!(
+        file = %path.display(),
+        listeners = sidecar.config().listeners.len(),
+        backends = sidecar.config().all_backends().len(),
+        "sidecar running"
+    );
+    ready(&running.listening_line(&opts.ports));
+
+    while !stop.load(Ordering::Relaxed) {
+        if hup.swap(false, Ordering::Relaxed) {
+            match sidecar.reload() {
+                Ok(()) => tracing::warn!(
+                    file = %path.display(),
+                    backends = sidecar.config().all_backends().len(),
+                    "configuration reloaded"
+                ),
+                Err(e) => tracing::error!("reload rejected, the running configuration stays: {e}"),
+            }
+        }
+        sidecar.follow_health();
+        if running.finished() {
+            anyhow::bail!("every shard stopped unexpectedly");
+        }
+        std::thread::sleep(CONTROL_EVERY);
+    }
+    sidecar.shared.draining.store(true, Ordering::Relaxed);
+    running.drain();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &str, file: &Path) -> Config {
+        let text = format!(
+            "interface = \"eth0\"\n[[listener]]\nport = 80\nbalance = \"maglev\"\nbackends = [{backends}]\n"
+        );
+        Config::parse(&text, file).unwrap()
+    }
+
+    #[test]
+    fn apply_keeps_backends_and_refuses_datapath_changes() {
+        let file = Path::new("t.toml");
+        let mut s = Sidecar::new(config("\"10.0.0.1:80\", \"10.0.0.2:80\"", file));
+        let first = s.shared.routes.load();
+        first.routes[0].backends[1].opened();
+        s.apply(config("\"10.0.0.1:80\", \"10.0.0.3:80\"", file))
+            .unwrap();
+        let second = s.shared.routes.load();
+        assert!(second.generation > first.generation);
+        assert!(Arc::ptr_eq(
+            &first.routes[0].backends[0],
+            &second.routes[0].backends[0]
+        ));
+        // The removed backend has a connection open: still known, not configured.
+        let all = s.backends.snapshot();
+        let removed = all
+            .iter()
+            .find(|b| b.addr.to_string() == "10.0.0.2:80")
+            .unwrap();
+        assert!(!removed.is_configured());
+        removed.closed();
+        s.apply(config("\"10.0.0.1:80\", \"10.0.0.3:80\"", file))
+            .unwrap();
+        let left: Vec<String> = s
+            .backends
+            .snapshot()
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {} {}",
+                    b.addr,
+                    b.is_configured(),
+                    b.active.load(Ordering::Relaxed)
+                )
+            })
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "forgotten once its connections ended: {left:?}"
+        );
+        let generation = s.shared.routes.generation();
+        let mut other = config("\"10.0.0.1:80\"", file);
+        other.interface = "eth9".into();
+        assert!(s.apply(other).unwrap_err().contains("interface"));
+        assert_eq!(
+            s.shared.routes.generation(),
+            generation,
+            "nothing published"
+        );
+    }
+
+    #[test]
+    fn reload_from_a_bad_file_keeps_the_running_configuration() {
+        let dir = std::env::temp_dir().join(format!("turnstile-sidecar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("reload.toml");
+        let good = "interface = \"eth0\"\n[[listener]]\nport = 80\nbackends = [\"10.0.0.1:80\"]\n";
+        std::fs::write(&file, good).unwrap();
+        let mut s = Sidecar::new(Config::load(&file).unwrap());
+        let generation = s.shared.routes.generation();
+        std::fs::write(&file, good.replace("10.0.0.1:80", "10.0.0.300:80")).unwrap();
+        let e = s.reload().unwrap_err();
+        assert!(
+            e.contains("reload.toml:4:") && e.contains("10.0.0.300"),
+            "{e}"
+        );
+        assert_eq!(s.shared.routes.generation(), generation);
+        assert_eq!(s.reloads.failed.load(Ordering::Relaxed), 1);
+        std::fs::write(&file, good.replace("10.0.0.1:80", "10.0.0.2:80")).unwrap();
+        s.reload().unwrap();
+        assert_eq!(
+            s.shared.routes.load().routes[0].backends[0]
+                .addr
+                .to_string(),
+            "10.0.0.2:80"
+        );
+        assert_eq!(s.reloads.ok.load(Ordering::Relaxed), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn health_changes_rebuild_the_maglev_table() {
+        let file = Path::new("t.toml");
+        let mut s = Sidecar::new(config(
+            "\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\"",
+            file,
+        ));
+        let before = s.shared.routes.load();
+        assert_eq!(before.routes[0].maglev.as_ref().unwrap().1.len(), 3);
+        s.follow_health();
+        assert_eq!(
+            s.shared.routes.generation(),
+            before.generation,
+            "nothing changed"
+        );
+        before.routes[0].backends[1].set_up(false);
+        s.shared.health_changes.fetch_add(1, Ordering::Release);
+        s.follow_health();
+        let after = s.shared.routes.load();
+        assert!(after.generation > before.generation);
+        assert_eq!(after.routes[0].maglev.as_ref().unwrap().1, vec![0, 2]);
+    }
+}
