@@ -222,6 +222,7 @@ where
     let exchange = Exchange::new(shards);
     let control = Arc::new(AtomicU8::new(RUNNING));
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let drained = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut registry = Registry::default();
     let mut handles = Vec::new();
@@ -249,6 +250,7 @@ where
             control: control.clone(),
             grace: opts.grace,
             done: done.clone(),
+            drained: drained.clone(),
             core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
         };
         let t = std::thread::Builder::new()

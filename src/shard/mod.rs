@@ -55,6 +55,8 @@ pub struct Shard<A: App> {
     /// Shards whose app has finished; a finished shard keeps polling (its
     /// queue may still carry other shards' flows) until the runtime stops it.
     pub done: Arc<std::sync::atomic::AtomicUsize>,
+    /// Shards with no connection left (or out of grace) while draining.
+    pub drained: Arc<std::sync::atomic::AtomicUsize>,
     pub core: Option<core_affinity::CoreId>,
 }
 
@@ -76,6 +78,7 @@ impl<A: App> Shard<A> {
         let mut last_stats = now;
         let mut drain_deadline: Option<Instant> = None;
         let mut counted_done = false;
+        let mut counted_drained = false;
         loop {
             let now = clock::now();
             match self.control.load(Ordering::Relaxed) {
@@ -87,7 +90,15 @@ impl<A: App> Shard<A> {
                         }
                         now.saturating_add(self.grace)
                     });
-                    if self.endpoint.connection_count() == 0 || now >= deadline {
+                    if !counted_drained
+                        && (self.endpoint.connection_count() == 0 || now >= deadline)
+                    {
+                        counted_drained = true;
+                        self.drained.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Leave together: a shard that closed its socket early
+                    // would take its queue's share of the others' flows with it.
+                    if self.drained.load(Ordering::Relaxed) >= self.flows.shards() {
                         break;
                     }
                 }

@@ -46,7 +46,7 @@ pub enum XdpError {
     #[error("interface {0:?} not found (check `ip link show`)")]
     NoInterface(String),
     #[error(
-        "permission denied loading the XDP program: run as root or grant CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK"
+        "permission denied loading the XDP program: run as root or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK"
     )]
     Permission,
     #[error("loading the XDP program failed: {0}")]
