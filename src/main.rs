@@ -177,9 +177,9 @@ fn main() -> ExitCode {
             metrics,
             timeout_s,
         } => {
-            // The steered "listening" port is never listened on: the load
-            // generator only needs its active-open range steered.
-            let mut opts = StackOptions::new(&iface, vec![target.port()]);
+            // The load generator listens on nothing: only its active-open
+            // range is steered.
+            let mut opts = StackOptions::new(&iface, Vec::new());
             opts.listen = false;
             opts.active_ports = local_ports;
             opts.queues = queues;

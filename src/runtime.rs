@@ -168,7 +168,7 @@ where
     A: App + Send + 'static,
     F: FnMut(usize, usize) -> A,
 {
-    if opts.ports.is_empty() {
+    if opts.listen && opts.ports.is_empty() {
         return Err(StartError::NoPorts);
     }
     if opts.ports.contains(&0) || *opts.active_ports.start() == 0 {

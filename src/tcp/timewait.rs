@@ -40,6 +40,9 @@ pub(crate) struct TimeWait {
     pub(crate) holds_port: bool,
 }
 
+/// Stale FIFO records tolerated beyond twice the live entries.
+const COMPACT_SLACK: usize = 1024;
+
 /// The bounded set of TIME-WAIT entries of one endpoint.
 pub(crate) struct TimeWaitTable {
     map: FxHashMap<FourTuple, TimeWait>,
@@ -98,8 +101,23 @@ impl TimeWaitTable {
     }
 
     pub(crate) fn remove(&mut self, tuple: &FourTuple) -> Option<TimeWait> {
-        // Its FIFO record goes stale and is skipped later.
-        self.map.remove(tuple)
+        // Its FIFO record goes stale and is skipped later. Under churn every
+        // entry is recycled long before 2 MSL, so stale records would pile up
+        // at rate x 2 MSL: compact once they outnumber the live ones. After a
+        // compaction at least `live + COMPACT_SLACK` removals pass before the
+        // next, so the cost per removal stays O(1) amortised.
+        let e = self.map.remove(tuple);
+        if self.expiry.len() > 2 * self.map.len() + COMPACT_SLACK {
+            let map = &self.map;
+            self.expiry
+                .retain(|(t, tuple)| map.get(tuple).is_some_and(|e| e.expiry == *t));
+        }
+        e
+    }
+
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> usize {
+        self.expiry.len()
     }
 
     fn pop_oldest(&mut self) -> Option<(FourTuple, TimeWait)> {
@@ -187,6 +205,32 @@ mod tests {
             Some(tuple(1))
         );
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn recycled_entries_do_not_pile_up_stale_records() {
+        let mut t = TimeWaitTable::new(1 << 20);
+        for port in 0..100u16 {
+            t.insert(tuple(port), entry(1_000_000 + u64::from(port)));
+        }
+        // Churn: every entry is taken over (recycled) and a new one enters,
+        // far more often than 2 MSL passes.
+        for round in 0..20_000u64 {
+            let port = (round % 100) as u16;
+            assert!(t.remove(&tuple(port)).is_some());
+            t.insert(tuple(port), entry(2_000_000 + round));
+            assert!(
+                t.records() <= 2 * t.len() + COMPACT_SLACK + 1,
+                "round {round}"
+            );
+        }
+        assert_eq!(t.len(), 100);
+        // Compaction kept every live record: all 100 still expire.
+        let mut expired = 0;
+        while t.pop_expired(Instant(u64::MAX)).is_some() {
+            expired += 1;
+        }
+        assert_eq!(expired, 100);
     }
 
     #[test]
