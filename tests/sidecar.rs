@@ -10,8 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -212,18 +212,7 @@ impl Lab {
             .spawn()
             .expect("spawn turnstile run");
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                sink.clear();
-            }
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let line = first_line(stdout, Duration::from_secs(20)).unwrap_or_default();
         if !line.starts_with("listening ") {
             let _ = child.kill();
             let _ = child.wait();

@@ -39,22 +39,27 @@ pub fn start_serve(topo: &mut Topology, args: &[&str]) -> (String, u32) {
     (line, pid)
 }
 
-fn wait_listening(child: &mut Child) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
+/// The first line `stdout` prints, within `limit`; the rest is drained in the
+/// background so the child never blocks on a full pipe.
+pub fn first_line(stdout: std::process::ChildStdout, limit: Duration) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let _ = reader.read_line(&mut line);
         let _ = tx.send(line);
-        // Keep draining so the child never blocks on a full pipe.
         let mut sink = String::new();
         while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
             sink.clear();
         }
     });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(line) if line.starts_with("listening ") => line.trim().to_string(),
+    rx.recv_timeout(limit).ok()
+}
+
+fn wait_listening(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    match first_line(stdout, Duration::from_secs(20)) {
+        Some(line) if line.starts_with("listening ") => line.trim().to_string(),
         other => {
             let _ = child.kill();
             let _ = child.wait();
