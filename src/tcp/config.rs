@@ -12,6 +12,11 @@ pub struct Config {
     pub recv_buffer: usize,
     /// Send buffer per connection, bytes (bounds what `send` accepts).
     pub send_buffer: usize,
+    /// Bytes all connections' buffers may hold together (the endpoint's chunk
+    /// pool). Storage is taken in 2 KiB chunks as bytes arrive and given back
+    /// when read or acknowledged; when the budget is spent, advertised windows
+    /// shrink and `send` takes less (counted as pool exhaustion).
+    pub buffer_pool_budget: usize,
     /// Our window-scale shift (RFC 7323 2). Raised to what `recv_buffer` needs;
     /// 7 like Linux by default. Clamped to 14.
     pub window_scale: u8,
@@ -73,6 +78,7 @@ impl Default for Config {
             mss: 1460,
             recv_buffer: 64 * 1024,
             send_buffer: 64 * 1024,
+            buffer_pool_budget: 256 << 20,
             window_scale: 7,
             timestamps: true,
             sack_permitted: false,

@@ -52,6 +52,7 @@ pub(crate) mod id;
 mod isn;
 mod listener;
 mod options;
+mod pool;
 mod ports;
 mod reassembly;
 mod reset;
@@ -66,7 +67,7 @@ mod timer;
 pub(crate) mod timewait;
 
 pub use config::Config;
-pub use endpoint::Endpoint;
+pub use endpoint::{BufferPoolStats, Endpoint};
 pub use error::{ConnError, ConnectError};
 pub use event::{Event, Transmit};
 pub use id::{ConnId, FourTuple};

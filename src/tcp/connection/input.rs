@@ -424,7 +424,7 @@ impl Connection {
             acked_data -= 1; // our FIN
         }
         self.rtt_sample_on_ack(seg, ack, now, ctx);
-        self.send_buf.consume(acked_data as usize);
+        self.send_buf.consume(acked_data as usize, ctx.pool);
         self.snd_una = ack;
         if self.snd_nxt < ack {
             self.snd_nxt = ack;
@@ -465,7 +465,7 @@ impl Connection {
             return;
         }
         let had_holes = self.recv_buf.has_out_of_order();
-        let r = self.recv_buf.insert(offset, data);
+        let r = self.recv_buf.insert(offset, data, ctx.pool);
         if !r.complete {
             ctx.stats.drop_out_of_order_full += u64::from(offset > 0);
         }
@@ -488,7 +488,7 @@ impl Connection {
         }
         if r.advanced > 0 {
             if self.app_closed {
-                self.recv_buf.discard(self.recv_buf.readable());
+                self.recv_buf.discard(self.recv_buf.readable(), ctx.pool);
             } else if self.app_knows && !self.readable_pending {
                 self.readable_pending = true;
                 self.push_event(ctx, Event::Readable);

@@ -14,6 +14,7 @@ use super::error::ConnError;
 use super::event::Event;
 use super::id::{ConnId, FourTuple};
 use super::options::{self, Negotiated};
+use super::pool::ChunkPool;
 use super::reassembly::RecvBuffer;
 use super::rtt::RttEstimator;
 use super::send_buffer::SendBuffer;
@@ -30,6 +31,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) stats: &'a mut Stats,
     pub(crate) events: &'a mut VecDeque<(ConnId, Event)>,
     pub(crate) ctl: &'a mut ControlQueue,
+    /// The shard's chunk pool, which the buffers store their bytes in.
+    pub(crate) pool: &'a mut ChunkPool,
 }
 
 /// How a connection ended; the endpoint frees it and tells the application.
@@ -144,8 +147,8 @@ impl Connection {
         iss: Seq,
         ts_offset: u32,
         cfg: &Config,
-        send: Box<[u8]>,
-        recv: Box<[u8]>,
+        send: SendBuffer,
+        recv: RecvBuffer,
     ) -> Self {
         let neg = options::negotiate(cfg, &TcpOptions::default());
         Connection {
@@ -178,8 +181,8 @@ impl Connection {
             ts_offset,
             ts_recent: 0,
             ts_recent_at: Instant::ZERO,
-            send_buf: SendBuffer::new(send),
-            recv_buf: RecvBuffer::new(recv),
+            send_buf: send,
+            recv_buf: recv,
             rtt: RttEstimator::new(cfg.rto_initial),
             rtt_timing: None,
             rexmit_tsval: None,
@@ -214,8 +217,8 @@ impl Connection {
         iss: Seq,
         ts_offset: u32,
         cfg: &Config,
-        send: Box<[u8]>,
-        recv: Box<[u8]>,
+        send: SendBuffer,
+        recv: RecvBuffer,
     ) -> Self {
         let mut c = Connection::new(id, tuple, iss, ts_offset, cfg, send, recv);
         c.state = State::SynSent;
@@ -232,8 +235,8 @@ impl Connection {
         iss: Seq,
         ts_offset: u32,
         cfg: &Config,
-        send: Box<[u8]>,
-        recv: Box<[u8]>,
+        send: SendBuffer,
+        recv: RecvBuffer,
         syn: &TcpRepr,
         now: Instant,
     ) -> Self {
@@ -314,14 +317,18 @@ impl Connection {
     // ---- Application calls (RFC 9293 3.10.2 to 3.10.5) ----
 
     /// SEND: queue what fits. Data queued before the handshake completes goes out after it.
-    pub(crate) fn app_send(&mut self, data: &[u8]) -> Result<usize, ConnError> {
+    pub(crate) fn app_send(
+        &mut self,
+        data: &[u8],
+        pool: &mut ChunkPool,
+    ) -> Result<usize, ConnError> {
         if self.fin_queued || self.app_closed {
             return Err(ConnError::SendClosed);
         }
         if !self.state.can_send() {
             return Err(ConnError::NotConnected);
         }
-        let n = self.send_buf.push(data);
+        let n = self.send_buf.push(data, pool);
         self.snd_data_end += n as u32;
         if n < data.len() {
             self.writable_wanted = true;
@@ -330,9 +337,9 @@ impl Connection {
     }
 
     /// RECEIVE: copy in-order data out; may open the window (RFC 9293 3.8.6.2.2).
-    pub(crate) fn app_recv(&mut self, buf: &mut [u8], cfg: &Config) -> usize {
+    pub(crate) fn app_recv(&mut self, buf: &mut [u8], cfg: &Config, pool: &mut ChunkPool) -> usize {
         self.readable_pending = false;
-        let n = self.recv_buf.read(buf);
+        let n = self.recv_buf.read(buf, pool);
         if n > 0 && self.state.can_receive() {
             // Receiver SWS avoidance: announce the opening once it is at least
             // min(buffer/2, MSS) beyond what was advertised, and the advertised
@@ -367,9 +374,9 @@ impl Connection {
     }
 
     /// CLOSE: the application is done with the id.
-    pub(crate) fn app_close(&mut self, now: Instant, cfg: &Config) {
+    pub(crate) fn app_close(&mut self, now: Instant, cfg: &Config, pool: &mut ChunkPool) {
         self.app_closed = true;
-        self.recv_buf.discard(self.recv_buf.readable());
+        self.recv_buf.discard(self.recv_buf.readable(), pool);
         match self.state {
             // RFC 9293 3.10.4: CLOSE in SYN-SENT deletes the TCB.
             State::SynSent => self.end = Some(End::Orderly),
@@ -441,8 +448,9 @@ impl Connection {
                     || (self.fin_queued && self.snd_nxt == self.snd_data_end)))
     }
 
-    /// Give the buffers back for reuse.
-    pub(crate) fn into_storage(self) -> (Box<[u8]>, Box<[u8]>) {
-        (self.send_buf.into_storage(), self.recv_buf.into_storage())
+    /// Give the buffers' chunks back to the pool.
+    pub(crate) fn release_buffers(&mut self, pool: &mut ChunkPool) {
+        self.send_buf.release(pool);
+        self.recv_buf.release(pool);
     }
 }
