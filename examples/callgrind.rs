@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 use turnstile::tcp::{Config, ConnId, Endpoint, Event, Instant};
-use turnstile::wire::{self, FrameMeta, MAX_HEADER_LEN};
+use turnstile::wire::{self, DATA_PAYLOAD_AT, FrameMeta};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -36,10 +36,10 @@ struct Pair {
     received: usize,
 }
 
-/// Build `t`'s frame in `frame` (payload already at MAX_HEADER_LEN), parse it
+/// Build `t`'s frame in `frame` (payload written where the shard writes it), parse it
 /// back and hand it to `to`.
 fn deliver(from: &mut Endpoint, to: &mut Endpoint, now: Instant, frame: &mut [u8]) -> bool {
-    let Some(t) = from.poll_transmit(now, &mut frame[MAX_HEADER_LEN..]) else {
+    let Some(t) = from.poll_transmit(now, &mut frame[DATA_PAYLOAD_AT..]) else {
         return false;
     };
     let meta = FrameMeta {
@@ -48,7 +48,7 @@ fn deliver(from: &mut Endpoint, to: &mut Endpoint, now: Instant, frame: &mut [u8
         src_ip: t.local,
         dst_ip: t.remote,
     };
-    let len = wire::build_frame(frame, &meta, &t.tcp, MAX_HEADER_LEN, t.payload_len)
+    let len = wire::build_frame(frame, &meta, &t.tcp, DATA_PAYLOAD_AT, t.payload_len)
         .expect("frame fits");
     let p = wire::parse_frame(&frame[..len]).expect("frame we built parses");
     to.handle_segment(p.meta.dst_ip, p.meta.src_ip, &p.tcp, p.payload, now);
