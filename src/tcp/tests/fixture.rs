@@ -268,4 +268,6 @@ fn build(c: &mut Connection, spec: &Spec) {
 }
 
 /// The fixture's SYNs were exchanged before the test begins.
-fn mark_syn_acked(_c: &mut Connection) {}
+fn mark_syn_acked(c: &mut Connection) {
+    c.syn_acked = true;
+}
