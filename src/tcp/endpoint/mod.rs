@@ -619,3 +619,32 @@ fn dest_key(tuple: &FourTuple) -> DestKey {
         remote_port: tuple.remote.port(),
     }
 }
+
+#[cfg(test)]
+impl Endpoint {
+    /// Test fixture (smoltcp style): install a connection on `tuple` with our
+    /// ISS `iss`, shaped by `build` into any state (IRS, windows, options,
+    /// sequence variables). The application knows its id.
+    pub(crate) fn install_fixture(
+        &mut self,
+        tuple: FourTuple,
+        iss: super::seq::Seq,
+        now: Instant,
+        build: impl FnOnce(&mut Connection),
+    ) -> ConnId {
+        let (index, generation) = self.alloc_slot().expect("a free slot");
+        let id = ConnId { index, generation };
+        let ts_offset = self.keys.ts_offset(tuple);
+        let (send, recv) = self.take_buffers();
+        let mut conn = Connection::new_active(id, tuple, iss, ts_offset, &self.config, send, recv);
+        conn.syn_pending = false;
+        build(&mut conn);
+        self.install(index, conn, now);
+        id
+    }
+
+    /// Test access to a connection's internals.
+    pub(crate) fn conn_for_test(&mut self, id: ConnId) -> &mut Connection {
+        self.conn_mut(id).expect("a live connection")
+    }
+}

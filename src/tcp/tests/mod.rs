@@ -3,6 +3,7 @@
 //! lossy-network simulation (quinn's `Pair` style).
 
 mod close;
+mod fixture;
 mod handshake;
 mod hostile;
 mod pair;
@@ -11,3 +12,4 @@ mod rfc5961;
 mod sim;
 mod sizes;
 mod time_wait;
+mod wrap;
