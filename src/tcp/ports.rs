@@ -47,6 +47,8 @@ pub(crate) struct PortAllocator {
 
 /// Idle destination storage kept for reuse.
 const SPARE_LIMIT: usize = 64;
+/// Stale TIME-WAIT records tolerated beyond twice the ports in use before compacting.
+const COMPACT_SLACK: usize = 32;
 
 impl PortAllocator {
     pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
@@ -178,11 +180,36 @@ impl PortAllocator {
         }
     }
 
-    /// A TIME-WAIT entry now holds `port` to `key`.
-    pub(crate) fn push_time_wait(&mut self, key: DestKey, port: u16, entered: Instant) {
-        if let Some(d) = self.dests.get_mut(&key) {
-            d.time_wait.push_back((port, entered));
+    /// A TIME-WAIT entry now holds `port` to `key`. `live(port, entered)` says
+    /// whether a record still names an existing entry: stale records (entries
+    /// expired, evicted or recycled) are trimmed here, so the records stay
+    /// bounded by the entries that exist even when the range is never
+    /// exhausted and the destination never goes idle (steady churn below
+    /// saturation would otherwise grow them by one record per connection).
+    pub(crate) fn push_time_wait(
+        &mut self,
+        key: DestKey,
+        port: u16,
+        entered: Instant,
+        mut live: impl FnMut(u16, Instant) -> bool,
+    ) {
+        let Some(d) = self.dests.get_mut(&key) else {
+            return;
+        };
+        // Entries expire oldest first, so expired ones are at the front.
+        while let Some(&(p, e)) = d.time_wait.front() {
+            if live(p, e) {
+                break;
+            }
+            d.time_wait.pop_front();
         }
+        // Recycled or evicted entries leave stale records behind a live front.
+        // Every live record holds a port (`used` counts them), so more than
+        // twice that means mostly stale ones: compact. Amortised O(1) per push.
+        if d.time_wait.len() > 2 * d.used as usize + COMPACT_SLACK {
+            d.time_wait.retain(|&(p, e)| live(p, e));
+        }
+        d.time_wait.push_back((port, entered));
     }
 
     /// This destination's TIME-WAIT records, oldest first (some may be stale).
@@ -271,6 +298,36 @@ mod tests {
         let p1 = a.allocate(key(80), 1_000_003, |_| true).unwrap();
         let p2 = a.allocate(key(443), 2_718_281, |_| true).unwrap();
         assert_ne!(p1.abs_diff(p2), 1);
+    }
+
+    /// Steady churn below saturation: each connection's port goes through
+    /// TIME-WAIT and expires, the range is never exhausted and the destination
+    /// never idle. The records stay bounded by the live entries.
+    #[test]
+    fn time_wait_records_are_bounded_by_live_entries() {
+        let mut a = PortAllocator::new(1000..=1999);
+        let mut live: std::collections::VecDeque<(u16, Instant)> = Default::default();
+        // One long-lived connection keeps the destination in use.
+        a.allocate(key(80), 7, |_| true).unwrap();
+        for i in 0..100_000u64 {
+            let now = Instant::from_micros(i * 1000);
+            // Entries older than 100 ms expire (and release their ports).
+            while live.front().is_some_and(|&(_, e)| e.as_micros() + 100_000 <= now.as_micros()) {
+                let (p, _) = live.pop_front().unwrap();
+                a.release(key(80), p);
+            }
+            let p = a.allocate(key(80), 7, |_| true).unwrap();
+            let is_live = |p: u16, e: Instant| live.iter().any(|&x| x == (p, e));
+            a.push_time_wait(key(80), p, now, is_live);
+            live.push_back((p, now));
+            // Every tenth entry is recycled early (a stale record behind a live front).
+            if i % 10 == 0 {
+                let (p, _) = live.remove(live.len() / 2).unwrap();
+                a.release(key(80), p);
+            }
+        }
+        let records = a.time_wait_records(key(80)).unwrap().len();
+        assert!(records <= 2 * 110 + COMPACT_SLACK + 1, "{records} records for ~100 live entries");
     }
 
     #[test]
