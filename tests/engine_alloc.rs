@@ -276,7 +276,10 @@ fn active_closer_below_saturation_for_an_hour_holds_memory_flat() {
         net.a.time_wait_count()
     );
     assert!(net.a.stats().time_wait_entered >= 720_000);
-    assert!(net.a.time_wait_count() > 300, "the client holds TIME-WAIT entries");
+    assert!(
+        net.a.time_wait_count() > 300,
+        "the client holds TIME-WAIT entries"
+    );
     assert!(growth <= 0, "heap grew by {growth} bytes");
     assert_eq!(allocations, 0, "allocations during steady churn");
 }

@@ -59,7 +59,11 @@ sys.stdin.read()
     let stdout = child.stdout.take().expect("piped stdout");
     let _guard = ChildGuard(child);
     let line = first_line(stdout, Duration::from_secs(120)).unwrap_or_default();
-    assert_eq!(line.trim(), format!("ready {IDLE}"), "client did not hold its connections");
+    assert_eq!(
+        line.trim(),
+        format!("ready {IDLE}"),
+        "client did not hold its connections"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let after = rss_bytes(pid);
     let added = after.saturating_sub(before);

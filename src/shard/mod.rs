@@ -186,7 +186,13 @@ impl<A: App> Shard<A> {
                     ShardMetrics::add(&metrics.rx_not_local, 1);
                     return;
                 }
-                let owner = flows.owner(p.tcp.dst_port, u32::from(p.meta.src_ip), p.tcp.src_port);
+                let owner = flows.owner(
+                    *id,
+                    p.meta.dst_ip,
+                    p.tcp.dst_port,
+                    p.meta.src_ip,
+                    p.tcp.src_port,
+                );
                 if owner != *id {
                     if exchange.send(*id, owner, frame) {
                         ShardMetrics::add(&metrics.handoff, 1);

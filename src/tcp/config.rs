@@ -1,7 +1,23 @@
 //! Tunables of one endpoint.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Which local ports an active open may use: `(local address, remote,
+/// local port) -> allowed`. The runtime passes one that accepts only ports
+/// whose replies the NIC's RSS delivers to the opening shard's queue.
+/// Evaluated once per port and destination, when the destination is first
+/// used, never per packet.
+#[derive(Clone)]
+pub struct PortFilter(pub Arc<dyn Fn(Ipv4Addr, SocketAddrV4, u16) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for PortFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PortFilter(..)")
+    }
+}
 
 /// Configuration of an [`Endpoint`](super::Endpoint). `Default` gives Linux-like behaviour.
 #[derive(Clone, Debug)]
@@ -60,6 +76,8 @@ pub struct Config {
     pub max_syn_retries: u8,
     /// Local ports for active opens.
     pub port_range: RangeInclusive<u16>,
+    /// Restricts `port_range` per destination (None: every port).
+    pub port_filter: Option<PortFilter>,
     /// Reuse a TIME_WAIT tuple for an active open when no port is free and it is safe.
     pub reuse: bool,
     /// Minimum age of a TIME_WAIT entry before its tuple may be reused by an active open.
@@ -95,6 +113,7 @@ impl Default for Config {
             max_retries: 15,
             max_syn_retries: 6,
             port_range: 32768..=60999,
+            port_filter: None,
             reuse: true,
             reuse_delay: Duration::from_secs(1),
             challenge_ack_limit: 10,

@@ -66,7 +66,7 @@ mod time;
 mod timer;
 pub(crate) mod timewait;
 
-pub use config::Config;
+pub use config::{Config, PortFilter};
 pub use endpoint::{BufferPoolStats, Endpoint};
 pub use error::{ConnError, ConnectError};
 pub use event::{Event, Transmit};

@@ -86,7 +86,8 @@ impl ChunkPool {
         self.next.reserve_exact(SLAB_CHUNKS);
         for i in 0..SLAB_CHUNKS {
             let id = (have + i) as u32;
-            self.next.push(if i + 1 < SLAB_CHUNKS { id + 1 } else { NIL });
+            self.next
+                .push(if i + 1 < SLAB_CHUNKS { id + 1 } else { NIL });
         }
         self.free_head = have as u32;
         self.free_count += SLAB_CHUNKS as u32;

@@ -11,10 +11,11 @@
 //! allocation, so allocation is amortised O(1) even with thousands of TIME-WAIT
 //! entries (a kernel walks the range probing each port's hash bucket).
 
+use super::config::PortFilter;
 use super::time::Instant;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -29,7 +30,11 @@ type TimeWaitRecords = VecDeque<(u16, Instant)>;
 
 struct DestPorts {
     bits: Box<[u64]>,
+    /// Bits set, including `foreign`.
     used: u32,
+    /// Ports the filter gave to other shards, set in `bits` from the start
+    /// (precomputed once per destination, so allocation never probes them).
+    foreign: u32,
     cursor: u32,
     time_wait: TimeWaitRecords,
 }
@@ -43,6 +48,8 @@ pub(crate) struct PortAllocator {
     /// with one connection at a time to a destination would otherwise allocate
     /// a bitmap per connection).
     spare: Vec<(Box<[u64]>, TimeWaitRecords)>,
+    /// Only ports this filter accepts are handed out (RSS-aware choice).
+    filter: Option<PortFilter>,
 }
 
 /// Idle destination storage kept for reuse.
@@ -60,6 +67,16 @@ impl PortAllocator {
             dests: FxHashMap::default(),
             counter: 0,
             spare: Vec::new(),
+            filter: None,
+        }
+    }
+
+    /// Like [`PortAllocator::new`], handing out only the ports `filter`
+    /// accepts for each destination.
+    pub(crate) fn with_filter(range: RangeInclusive<u16>, filter: Option<PortFilter>) -> Self {
+        PortAllocator {
+            filter,
+            ..Self::new(range)
         }
     }
 
@@ -69,23 +86,35 @@ impl PortAllocator {
     }
 
     fn dest(&mut self, key: DestKey, offset: u32) -> &mut DestPorts {
-        let len = self.len;
+        let (lo, len) = (self.lo, self.len);
         let start = if len == 0 {
             0
         } else {
             offset.wrapping_add(self.counter) % len
         };
         let spare = &mut self.spare;
+        let filter = &self.filter;
         self.dests.entry(key).or_insert_with(|| {
-            let (bits, time_wait) = spare.pop().unwrap_or_else(|| {
+            let (mut bits, time_wait) = spare.pop().unwrap_or_else(|| {
                 (
                     vec![0u64; (len as usize).div_ceil(64)].into_boxed_slice(),
                     VecDeque::new(),
                 )
             });
+            let mut foreign = 0;
+            if let Some(f) = filter {
+                let remote = SocketAddrV4::new(key.remote, key.remote_port);
+                for i in 0..len {
+                    if !(f.0)(key.local, remote, lo.wrapping_add(i as u16)) {
+                        bits[i as usize / 64] |= 1 << (i % 64);
+                        foreign += 1;
+                    }
+                }
+            }
             DestPorts {
                 bits,
-                used: 0,
+                used: foreign,
+                foreign,
                 cursor: start,
                 time_wait,
             }
@@ -168,13 +197,15 @@ impl PortAllocator {
             d.bits[w] &= !(1 << b);
             d.used -= 1;
         }
-        if d.used == 0 {
+        if d.used == d.foreign {
             // Only stale TIME-WAIT records can remain; drop the destination
-            // and keep its (all-zero) bitmap for the next one.
+            // and keep its bitmap (cleared: the next destination's foreign
+            // ports differ) for the next one.
             if let Some(mut d) = self.dests.remove(&key)
                 && self.spare.len() < SPARE_LIMIT
             {
                 d.time_wait.clear();
+                d.bits.fill(0);
                 self.spare.push((d.bits, d.time_wait));
             }
         }
@@ -224,7 +255,7 @@ impl PortAllocator {
 
     #[cfg(test)]
     pub(crate) fn used(&self, key: &DestKey) -> u32 {
-        self.dests.get(key).map_or(0, |d| d.used)
+        self.dests.get(key).map_or(0, |d| d.used - d.foreign)
     }
 }
 
@@ -312,7 +343,10 @@ mod tests {
         for i in 0..100_000u64 {
             let now = Instant::from_micros(i * 1000);
             // Entries older than 100 ms expire (and release their ports).
-            while live.front().is_some_and(|&(_, e)| e.as_micros() + 100_000 <= now.as_micros()) {
+            while live
+                .front()
+                .is_some_and(|&(_, e)| e.as_micros() + 100_000 <= now.as_micros())
+            {
                 let (p, _) = live.pop_front().unwrap();
                 a.release(key(80), p);
             }
@@ -327,7 +361,10 @@ mod tests {
             }
         }
         let records = a.time_wait_records(key(80)).unwrap().len();
-        assert!(records <= 2 * 110 + COMPACT_SLACK + 1, "{records} records for ~100 live entries");
+        assert!(
+            records <= 2 * 110 + COMPACT_SLACK + 1,
+            "{records} records for ~100 live entries"
+        );
     }
 
     #[test]

@@ -70,7 +70,11 @@ impl RecvBuffer {
     /// out, windows shrink instead of memory growing.
     pub(crate) fn window(&self) -> usize {
         let bound = self.cap.saturating_sub(self.readable);
-        bound.min(self.chain.spare(self.readable).saturating_add(self.pool_room))
+        bound.min(
+            self.chain
+                .spare(self.readable)
+                .saturating_add(self.pool_room),
+        )
     }
     /// Tell the buffer how much the pool could still lend.
     pub(crate) fn note_pool(&mut self, pool: &ChunkPool) {
@@ -249,7 +253,11 @@ mod tests {
         let mut out = [0u8; 16];
         assert_eq!(b.read(&mut out, &mut p), 9);
         assert_eq!(&out[..9], b"abcdefghi");
-        assert_eq!((b.chunks(), p.in_use()), (0, 0), "nothing held, no chunk held");
+        assert_eq!(
+            (b.chunks(), p.in_use()),
+            (0, 0),
+            "nothing held, no chunk held"
+        );
     }
 
     #[test]

@@ -38,8 +38,7 @@ impl SendBuffer {
     }
     /// Bytes `push` would take now, given the pool.
     pub(crate) fn free_in(&self, pool: &ChunkPool) -> usize {
-        self.free()
-            .min(self.chain.spare(self.len) + pool.room())
+        self.free().min(self.chain.spare(self.len) + pool.room())
     }
     /// Chunks held now.
     #[cfg(test)]
@@ -105,7 +104,11 @@ mod tests {
         assert_eq!(&out[..2], b"jk");
         assert_eq!(b.copy_out(8, &mut out, &p), 0);
         b.consume(8, &mut p);
-        assert_eq!((b.chunks(), p.in_use()), (0, 0), "an empty buffer holds no chunk");
+        assert_eq!(
+            (b.chunks(), p.in_use()),
+            (0, 0),
+            "an empty buffer holds no chunk"
+        );
     }
 
     #[test]

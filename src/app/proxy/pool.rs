@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::maglev::Maglev;
-use crate::config::{Balance, Config, Health, Timeouts};
+use super::settings::{Balance, Health, ProxySettings, Timeouts};
 
 /// Why a connection to a backend failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,19 +187,20 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// A snapshot of `config` with the current health of `set`, keeping
+    /// A snapshot of `settings` with the current health of `set`, keeping
     /// Maglev tables and round-robin positions of `prev` where they apply.
     pub fn build(
-        config: &Config,
+        settings: &ProxySettings,
         set: &BackendSet,
         prev: Option<&Routes>,
         generation: u64,
     ) -> Routes {
-        let routes = config
+        let routes = settings
             .listeners
             .iter()
             .map(|l| {
-                let backends: Vec<Arc<Backend>> = l.backends.iter().map(|&a| set.get(a)).collect();
+                let backends: Vec<Arc<Backend>> =
+                    l.backends.iter().map(|b| set.get(b.addr)).collect();
                 let old = prev.and_then(|p| p.route(l.port));
                 let maglev = (l.balance == Balance::Maglev).then(|| {
                     let mut live: Vec<usize> = (0..backends.len())
@@ -227,9 +228,9 @@ impl Routes {
         Routes {
             generation,
             routes,
-            health: config.health,
-            timeouts: config.timeouts,
-            checked: config
+            health: settings.health,
+            timeouts: settings.timeouts,
+            checked: settings
                 .all_backends()
                 .into_iter()
                 .map(|a| set.get(a))

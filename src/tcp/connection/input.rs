@@ -91,6 +91,7 @@ impl Connection {
             // Our SYN is acknowledged: ESTABLISHED.
             self.rtt_sample_on_ack(seg, ack, now, ctx);
             self.snd_una = ack;
+            self.syn_acked = true;
             self.snd_nxt = self.snd_nxt.max(ack);
             self.snd_wl2 = ack;
             self.rto_at = None;
@@ -178,6 +179,7 @@ impl Connection {
             {
                 self.rtt_sample_on_ack(seg, ack, now, ctx);
                 self.snd_una = ack;
+                self.syn_acked = true;
                 self.snd_nxt = self.snd_nxt.max(ack);
                 self.snd_wnd = u32::from(seg.window); // a SYN's window is not scaled
                 self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
@@ -417,8 +419,9 @@ impl Connection {
         let old_una = self.snd_una;
         let flight = self.snd_max - old_una;
         let mut acked_data = ack - old_una;
-        if old_una == self.iss {
+        if !self.syn_acked {
             acked_data -= 1; // our SYN
+            self.syn_acked = true;
         }
         if self.fin_queued && ack > self.snd_data_end {
             acked_data -= 1; // our FIN

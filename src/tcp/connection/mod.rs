@@ -65,6 +65,9 @@ pub(crate) struct Connection {
 
     // RFC 9293 3.3.1, send sequence variables.
     pub(crate) iss: Seq,
+    /// Our SYN has been acknowledged (SND.UNA passed ISS). An explicit flag, not
+    /// `snd_una == iss`: after 2^32 - 1 bytes SND.UNA equals ISS again.
+    pub(crate) syn_acked: bool,
     pub(crate) snd_una: Seq,
     /// Next sequence number to send (rewound to SND.UNA on a retransmission timeout).
     pub(crate) snd_nxt: Seq,
@@ -161,6 +164,7 @@ impl Connection {
             holds_port: false,
             end: None,
             iss,
+            syn_acked: false,
             snd_una: iss,
             snd_nxt: iss,
             snd_max: iss,
@@ -186,7 +190,7 @@ impl Connection {
             rtt: RttEstimator::new(cfg.rto_initial),
             rtt_timing: None,
             rexmit_tsval: None,
-            cc: NewReno::new(u32::from(neg.snd_mss), iss),
+            cc: NewReno::new(u32::from(neg.snd_mss)),
             rto_at: None,
             delack_at: None,
             persist_at: None,
@@ -255,7 +259,7 @@ impl Connection {
         self.last_ack_sent = self.rcv_nxt;
         self.neg = options::negotiate(cfg, &syn.options);
         self.peer_ws = syn.options.window_scale.is_some();
-        self.cc = NewReno::new(u32::from(self.neg.snd_mss), self.iss);
+        self.cc = NewReno::new(u32::from(self.neg.snd_mss));
         if let (true, Some(ts)) = (self.neg.timestamps, syn.options.timestamps) {
             self.ts_recent = ts.tsval;
             self.ts_recent_at = now;
@@ -269,10 +273,10 @@ impl Connection {
 
     /// The sequence number of the first byte in the send buffer.
     pub(crate) fn buf_seq_start(&self) -> Seq {
-        if self.snd_una == self.iss {
-            self.iss + 1u32
-        } else {
+        if self.syn_acked {
             self.snd_una
+        } else {
+            self.iss + 1u32
         }
     }
 

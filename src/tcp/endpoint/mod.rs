@@ -18,10 +18,10 @@ use super::id::{ConnId, FourTuple};
 use super::isn::Keys;
 use super::listener::Listener;
 use super::pool::ChunkPool;
-use super::reassembly::RecvBuffer;
-use super::send_buffer::SendBuffer;
 use super::ports::{DestKey, PortAllocator};
+use super::reassembly::RecvBuffer;
 use super::reset::reset_for;
+use super::send_buffer::SendBuffer;
 use super::state::State;
 use super::stats::Stats;
 use super::time::Instant;
@@ -85,7 +85,8 @@ impl Endpoint {
     /// `secret` keys ISNs, timestamp offsets, port offsets and SYN cookies; draw
     /// it from the OS once per process (shards may share it).
     pub fn new(config: Config, secret: [u8; 16]) -> Self {
-        let ports = PortAllocator::new(config.port_range.clone());
+        let ports =
+            PortAllocator::with_filter(config.port_range.clone(), config.port_filter.clone());
         let time_wait = TimeWaitTable::new(config.max_time_wait);
         Endpoint {
             keys: Keys::new(secret),
@@ -641,5 +642,34 @@ fn dest_key(tuple: &FourTuple) -> DestKey {
         local: *tuple.local.ip(),
         remote: *tuple.remote.ip(),
         remote_port: tuple.remote.port(),
+    }
+}
+
+#[cfg(test)]
+impl Endpoint {
+    /// Test fixture (smoltcp style): install a connection on `tuple` with our
+    /// ISS `iss`, shaped by `build` into any state (IRS, windows, options,
+    /// sequence variables). The application knows its id.
+    pub(crate) fn install_fixture(
+        &mut self,
+        tuple: FourTuple,
+        iss: super::seq::Seq,
+        now: Instant,
+        build: impl FnOnce(&mut Connection),
+    ) -> ConnId {
+        let (index, generation) = self.alloc_slot().expect("a free slot");
+        let id = ConnId { index, generation };
+        let ts_offset = self.keys.ts_offset(tuple);
+        let (send, recv) = self.take_buffers();
+        let mut conn = Connection::new_active(id, tuple, iss, ts_offset, &self.config, send, recv);
+        conn.syn_pending = false;
+        build(&mut conn);
+        self.install(index, conn, now);
+        id
+    }
+
+    /// Test access to a connection's internals.
+    pub(crate) fn conn_for_test(&mut self, id: ConnId) -> &mut Connection {
+        self.conn_mut(id).expect("a live connection")
     }
 }

@@ -9,12 +9,22 @@ use std::time::Duration;
 fn connections_hold_no_chunk_once_their_bytes_are_read_and_acknowledged() {
     let mut p = Pair::new();
     let (a_id, b_id, ..) = p.establish();
-    assert_eq!(p.a.buffer_pool().in_use_bytes, 0, "a new connection holds nothing");
+    assert_eq!(
+        p.a.buffer_pool().in_use_bytes,
+        0,
+        "a new connection holds nothing"
+    );
     assert_eq!(p.b.buffer_pool().in_use_bytes, 0);
     p.a.send(a_id, &[1u8; 10_000]).unwrap();
-    assert!(p.a.buffer_pool().in_use_bytes >= 10_000, "queued bytes take chunks");
+    assert!(
+        p.a.buffer_pool().in_use_bytes >= 10_000,
+        "queued bytes take chunks"
+    );
     p.drive();
-    assert!(p.b.buffer_pool().in_use_bytes >= 10_000, "unread bytes hold chunks");
+    assert!(
+        p.b.buffer_pool().in_use_bytes >= 10_000,
+        "unread bytes hold chunks"
+    );
     assert_eq!(p.recv_all_b(b_id).len(), 10_000);
     p.b.send(b_id, b"reply").unwrap();
     p.drive();
@@ -24,7 +34,10 @@ fn connections_hold_no_chunk_once_their_bytes_are_read_and_acknowledged() {
     for (name, ep) in [("a", &p.a), ("b", &p.b)] {
         let pool = ep.buffer_pool();
         assert_eq!(pool.in_use_bytes, 0, "{name}: idle again, no chunk held");
-        assert!(pool.allocated_bytes > 0, "{name}: chunks stay pooled for reuse");
+        assert!(
+            pool.allocated_bytes > 0,
+            "{name}: chunks stay pooled for reuse"
+        );
     }
 }
 
@@ -70,7 +83,10 @@ fn a_spent_pool_budget_shrinks_the_window_and_the_transfer_still_completes() {
         most_held <= budget,
         "held {most_held} unread bytes under a {budget}-byte budget"
     );
-    assert!(most_held > 64 * 1024, "the budget, not 64 KiB, bounded it: {most_held}");
+    assert!(
+        most_held > 64 * 1024,
+        "the budget, not 64 KiB, bounded it: {most_held}"
+    );
     assert!(p.a.buffer_pool().exhausted > 0, "running out is counted");
     assert!(p.a.buffer_pool().allocated_bytes <= budget);
     assert!(p.b.buffer_pool().allocated_bytes <= budget);

@@ -4,6 +4,7 @@
 
 mod buffers;
 mod close;
+mod fixture;
 mod handshake;
 mod hostile;
 mod pair;
@@ -12,3 +13,4 @@ mod rfc5961;
 mod sim;
 mod sizes;
 mod time_wait;
+mod wrap;
