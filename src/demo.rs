@@ -168,7 +168,7 @@ fn client_loop(
 }
 
 fn scrape_time_wait(server: &Host) -> anyhow::Result<u64> {
-    let out = server.sh_ok(&format!("curl -s --max-time 1 http://{METRICS}/metrics"))?;
+    let out = server.scrape_metrics(METRICS.parse()?)?;
     metrics::sample(&out, "turnstile_time_wait").context("no turnstile_time_wait")
 }
 
