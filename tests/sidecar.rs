@@ -185,7 +185,7 @@ print(" ".join(rows))
     std::fs::write(&cfg, lab.config("maglev", &[0, 2], "[health]\nfall = 0\n")).unwrap();
     lab.signal(libc::SIGHUP);
     assert!(
-        eventually(Duration::from_secs(5), || lab
+        eventually(Duration::from_secs(15), || lab
             .stderr()
             .contains("reload rejected")),
         "{}",
@@ -208,7 +208,7 @@ print(" ".join(rows))
     // Remove bravo: only bravo's clients move.
     std::fs::write(&cfg, lab.config("maglev", &[0, 2], "")).unwrap();
     lab.signal(libc::SIGHUP);
-    assert!(eventually(Duration::from_secs(5), || metric(
+    assert!(eventually(Duration::from_secs(15), || metric(
         &lab.metrics(),
         "turnstile_config_reloads_total{result=\"ok\"}"
     ) == 1));
@@ -396,7 +396,7 @@ for name, s in socks:
     // Back: readmitted after rise successes, and takes connections again.
     lab.start_backend(1, "http");
     assert!(
-        eventually(Duration::from_secs(3), || lab
+        eventually(Duration::from_secs(15), || lab
             .backend_metric("turnstile_backend_up", 1)
             == 1),
         "bravo not readmitted: {}",
@@ -404,13 +404,19 @@ for name, s in socks:
     );
     let total = lab.backend_metric("turnstile_backend_connections_total", 1);
     assert!(
-        eventually(Duration::from_secs(3), || lab
+        eventually(Duration::from_secs(15), || lab
             .backend_metric("turnstile_backend_connections_total", 1)
             > total + 5),
         "bravo takes no connections after readmission"
     );
     assert!(lab.stderr().contains("backend up"), "{}", lab.stderr());
 
+    // Enough requests after the ejection to mean something, however slowly
+    // a loaded machine runs them (bounded).
+    eventually(Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        tally_around_kill(&text, kill_start, kill_done, ejected).after_ejection >= 100
+    });
     std::fs::write(format!("{}.stop", log.display()), b"").unwrap();
     let out = load.join().unwrap();
     assert!(
@@ -429,8 +435,8 @@ for name, s in socks:
         tally.other_failures.is_empty() && tally.in_flight_hangs.is_empty(),
         "{tally:?}"
     );
-    assert!(tally.after_ejection > 50, "{tally:?}");
-    assert!(tally.answered > 200, "{tally:?}");
+    assert!(tally.after_ejection >= 100, "{tally:?}");
+    assert!(tally.answered > tally.after_ejection, "{tally:?}");
     eprintln!("ejected after {ejected_after:?}; {tally:?}; {end}");
     lab.stop_sidecar();
 }
@@ -698,8 +704,7 @@ fn churn(reuse_delay_ms: u64) {
         let (done, max_tw) = (done.clone(), max_tw.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Ok(text) =
-                    server.sh_ok(&format!("curl -s --max-time 2 http://{METRICS}/metrics"))
+                if let Ok(text) = server.scrape_metrics(METRICS.parse().expect("address"))
                     && let Some(tw) = turnstile::metrics::sample(&text, "turnstile_time_wait")
                 {
                     max_tw.fetch_max(tw, Ordering::Relaxed);

@@ -164,3 +164,59 @@ impl Drop for Capture {
         }
     }
 }
+
+/// One captured TCP segment, from tcpdump's text (`-n -S`: absolute
+/// sequence numbers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seg {
+    /// `ip.port` of the sender and the receiver.
+    pub src: String,
+    pub dst: String,
+    /// tcpdump's flag letters: `S`, `F`, `R`, `P`, `.` (ACK).
+    pub flags: String,
+    pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    /// The line as tcpdump printed it.
+    pub line: String,
+}
+
+impl Seg {
+    pub fn has(&self, flag: char) -> bool {
+        self.flags.contains(flag)
+    }
+}
+
+/// Parses one line of `tcpdump -n -S -tt` (None for anything else).
+pub fn parse_seg(line: &str) -> Option<Seg> {
+    let (_, rest) = line.split_once(" IP ")?;
+    let mut w = rest.split_whitespace();
+    let src = w.next()?.to_string();
+    let _gt = w.next()?;
+    let dst = w.next()?.trim_end_matches(':').to_string();
+    let flags = rest.split_once("Flags [")?.1.split_once(']')?.0.to_string();
+    let num = |key: &str| -> Option<u32> {
+        let tail = rest.split_once(key)?.1;
+        let v = tail.split([',', ':', ' ']).next()?;
+        v.parse().ok()
+    };
+    Some(Seg {
+        src,
+        dst,
+        flags,
+        seq: num(", seq "),
+        ack: num(", ack "),
+        line: line.to_string(),
+    })
+}
+
+/// Every segment of a pcap file, in capture order.
+pub fn read_segments(file: &Path) -> Vec<Seg> {
+    let text = Command::new("tcpdump")
+        .args(["-n", "-tt", "-S", "-r"])
+        .arg(file)
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines().filter_map(parse_seg).collect()
+}
