@@ -50,6 +50,8 @@ pub struct Config {
     pub queues: Option<u32>,
     pub xdp_mode: XdpMode,
     pub metrics: Option<SocketAddr>,
+    /// Clamp on the MSS (otherwise the interface MTU - 40).
+    pub mss: Option<u16>,
     pub listeners: Vec<Listener>,
     pub upstream: Upstream,
     pub health: Health,
@@ -171,6 +173,7 @@ struct RawConfig {
     queues: Option<Spanned<u32>>,
     xdp_mode: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
+    mss: Option<Spanned<u16>>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
     upstream: Option<Spanned<RawUpstream>>,
@@ -377,6 +380,19 @@ impl Config {
             Some(q) => Some(*q.get_ref()),
             None => None,
         };
+        let mss = match &raw.mss {
+            Some(m) if *m.get_ref() < 88 => {
+                return Err(src.at(
+                    m,
+                    format!(
+                        "mss = {}: need at least 88 (or leave it out to follow the MTU)",
+                        m.get_ref()
+                    ),
+                ));
+            }
+            Some(m) => Some(*m.get_ref()),
+            None => None,
+        };
         let xdp_mode = match raw.xdp_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
             None | Some((_, "auto")) => XdpMode::Auto,
             Some((_, "native")) => XdpMode::Native,
@@ -558,6 +574,7 @@ impl Config {
             queues,
             xdp_mode,
             metrics,
+            mss,
             listeners,
             upstream,
             health,
@@ -577,6 +594,7 @@ impl Config {
         opts.queues = self.queues;
         opts.xdp_mode = self.xdp_mode;
         opts.metrics = self.metrics;
+        opts.mss = self.mss;
         opts.tcp.msl = self.upstream.msl;
         opts.tcp.reuse = self.upstream.reuse;
         opts.tcp.reuse_delay = self.upstream.reuse_delay;

@@ -145,7 +145,9 @@ pub fn parse_key(s: &str) -> Result<Vec<u8>, String> {
     }
     (0..hex.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("RSS key {s:?}: not hex")))
+        .map(|i| {
+            u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("RSS key {s:?}: not hex"))
+        })
         .collect()
 }
 
@@ -311,11 +313,46 @@ mod tests {
     /// Microsoft's "Verifying the RSS Hash Calculation" IPv4 vectors:
     /// (destination, source, hash with ports, hash of the addresses only).
     const VECTORS: [(&str, u16, &str, u16, u32, u32); 5] = [
-        ("161.142.100.80", 1766, "66.9.149.187", 2794, 0x51cc_c178, 0x323e_8fc2),
-        ("65.69.140.83", 4739, "199.92.111.2", 14230, 0xc626_b0ea, 0xd718_262a),
-        ("12.22.207.184", 38024, "24.19.198.95", 12898, 0x5c2b_394a, 0xd2d0_a5de),
-        ("209.142.163.6", 2217, "38.27.205.30", 48228, 0xafc7_327f, 0x8298_9176),
-        ("202.188.127.2", 1303, "153.39.163.191", 44251, 0x10e8_28a2, 0x5d18_09c5),
+        (
+            "161.142.100.80",
+            1766,
+            "66.9.149.187",
+            2794,
+            0x51cc_c178,
+            0x323e_8fc2,
+        ),
+        (
+            "65.69.140.83",
+            4739,
+            "199.92.111.2",
+            14230,
+            0xc626_b0ea,
+            0xd718_262a,
+        ),
+        (
+            "12.22.207.184",
+            38024,
+            "24.19.198.95",
+            12898,
+            0x5c2b_394a,
+            0xd2d0_a5de,
+        ),
+        (
+            "209.142.163.6",
+            2217,
+            "38.27.205.30",
+            48228,
+            0xafc7_327f,
+            0x8298_9176,
+        ),
+        (
+            "202.188.127.2",
+            1303,
+            "153.39.163.191",
+            44251,
+            0x10e8_28a2,
+            0x5d18_09c5,
+        ),
     ];
 
     #[test]
@@ -380,6 +417,9 @@ mod tests {
     fn veth_reports_no_rss_and_a_missing_interface_is_an_error() {
         // Loopback, like veth, has no RSS: the caller must fall back.
         assert!(matches!(read_nic("lo"), Err(Unknown::NotReported(_))));
-        assert!(matches!(read_nic("no-such-if0"), Err(Unknown::NotReported(_))));
+        assert!(matches!(
+            read_nic("no-such-if0"),
+            Err(Unknown::NotReported(_))
+        ));
     }
 }

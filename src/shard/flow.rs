@@ -179,7 +179,10 @@ mod tests {
         let map = FlowMap::with_rss(3, range.clone(), rss.clone());
         let local = Ipv4Addr::new(198, 18, 0, 1);
         let mut all = std::collections::HashSet::new();
-        for (remote, rport) in [(Ipv4Addr::new(198, 18, 0, 2), 8081), (Ipv4Addr::new(198, 19, 7, 9), 443)] {
+        for (remote, rport) in [
+            (Ipv4Addr::new(198, 18, 0, 2), 8081),
+            (Ipv4Addr::new(198, 19, 7, 9), 443),
+        ] {
             let dest = SocketAddrV4::new(remote, rport);
             all.clear();
             for shard in 0..3 {
@@ -191,7 +194,11 @@ mod tests {
                 while let Ok(id) = ep.connect(local, dest, Instant::ZERO) {
                     let port = ep.tuple(id).expect("open").local.port();
                     assert!(range.contains(&port));
-                    assert_eq!(rss.queue(remote, local, rport, port), shard as u32, "port {port}");
+                    assert_eq!(
+                        rss.queue(remote, local, rport, port),
+                        shard as u32,
+                        "port {port}"
+                    );
                     assert_eq!(map.owner(2 - shard, local, port, remote, rport), shard);
                     assert!(all.insert(port), "port {port} chosen twice");
                     n += 1;

@@ -75,7 +75,8 @@ impl Endpoint {
     /// `secret` keys ISNs, timestamp offsets, port offsets and SYN cookies; draw
     /// it from the OS once per process (shards may share it).
     pub fn new(config: Config, secret: [u8; 16]) -> Self {
-        let ports = PortAllocator::with_filter(config.port_range.clone(), config.port_filter.clone());
+        let ports =
+            PortAllocator::with_filter(config.port_range.clone(), config.port_filter.clone());
         let time_wait = TimeWaitTable::new(config.max_time_wait);
         Endpoint {
             keys: Keys::new(secret),
