@@ -14,10 +14,16 @@
 #     (turnstile verifies every checksum itself; the NIC's verdict is
 #     unused); on veth, tx checksum offload off, since kernel peers on the
 #     same host would otherwise send partial checksums;
+#   - RSS: every queue in the indirection table, spread evenly (`ethtool -X
+#     IFACE equal QUEUES`), and TCP/IPv4 hashed on addresses and ports
+#     (`ethtool -N IFACE rx-flow-hash tcp4 sdfn`): turnstile reads the key
+#     and table at start and picks active-open ports whose replies hash to
+#     the opening shard's queue; passive flows stay on their arrival queue;
 #   - ntuple flow steering on where the driver has it (lets operators pin
-#     flows to queues; turnstile's port partitioning works without it).
+#     flows to queues; turnstile works without it).
 # Check (no changes, exit 1 only on blockers):
 #   interface exists and is up, has an IPv4 address, queue count, MTU fits
+#   one AF_XDP frame (<= 1778), RSS key/table readable (else handoff),
 #   native XDP, whether the driver has native XDP and AF_XDP zero-copy, a
 #   program already attached, kernel version, locked-memory limit.
 set -euo pipefail
@@ -54,11 +60,23 @@ check() {
   else
     info "AF_XDP zero-copy: not with $driver (copy mode works, costs one copy per frame)"
   fi
-  if [ "$mtu" -gt 3498 ]; then
-    warn "MTU $mtu: most drivers allow native XDP only up to about 3498 bytes (one page per frame)"
+  if [ "$mtu" -gt 1778 ]; then
+    warn "MTU $mtu: an AF_XDP frame (2048 bytes less 256 of headroom and 14 of Ethernet) holds at most MTU 1778; turnstile refuses to start (ip link set dev $ifc mtu 1500)"
+    blockers=1
+  fi
+  if ethtool -x "$ifc" >/dev/null 2>&1; then
+    local tcp4
+    tcp4=$(ethtool -n "$ifc" rx-flow-hash tcp4 2>/dev/null || true)
+    if echo "$tcp4" | grep -q 'L4 bytes 0 & 1' && echo "$tcp4" | grep -q 'L4 bytes 2 & 3'; then
+      info "RSS: key and indirection table readable, tcp4 hashed with ports: replies of active opens stay on their shard"
+    else
+      warn "RSS: tcp4 is not hashed on ports: turnstile hands replies off between shards (ethtool -N $ifc rx-flow-hash tcp4 sdfn)"
+    fi
+  else
+    info "RSS: $ifc reports no key/table (veth, some virtual NICs): frames on another shard's queue are handed off; --rss-key/--rss-table state them if known"
   fi
   if ip -d link show dev "$ifc" | grep -qE 'prog/xdp|xdpgeneric|xdpdrv|xdpoffload'; then
-    warn "an XDP program is already attached to $ifc: turnstile will fail to attach (detach it: ip link set dev $ifc xdp off)"
+    warn "an XDP program is already attached to $ifc: turnstile refuses to start beside it and never detaches it (xdp-loader status $ifc; unload it yourself if it should go)"
     blockers=1
   fi
   if command -v ethtool >/dev/null; then
@@ -102,6 +120,12 @@ configure() {
   ethtool -K "$ifc" gro off >/dev/null 2>&1 || warn "could not turn GRO off on $ifc"
   ethtool -K "$ifc" lro off >/dev/null 2>&1 || true
   ethtool -K "$ifc" ntuple on >/dev/null 2>&1 || info "ntuple flow steering not available on $ifc (not required)"
+  if ethtool -x "$ifc" >/dev/null 2>&1; then
+    local nq
+    nq=$(ls -d /sys/class/net/"$ifc"/queues/rx-* | wc -l)
+    ethtool -X "$ifc" equal "$nq" >/dev/null 2>&1 || warn "could not spread the RSS table over $nq queues (ethtool -X $ifc equal $nq)"
+    ethtool -N "$ifc" rx-flow-hash tcp4 sdfn >/dev/null 2>&1 || warn "could not hash tcp4 on ports (ethtool -N $ifc rx-flow-hash tcp4 sdfn)"
+  fi
   local driver
   driver=$(ethtool -i "$ifc" 2>/dev/null | sed -n 's/^driver: //p')
   if [ "$driver" = veth ]; then

@@ -14,6 +14,7 @@ impl Config {
         opts.queues = self.queues;
         opts.xdp_mode = self.xdp_mode;
         opts.metrics = self.metrics;
+        opts.mss = self.mss;
         opts.tcp.msl = self.upstream.msl;
         opts.tcp.reuse = self.upstream.reuse;
         opts.tcp.reuse_delay = self.upstream.reuse_delay;

@@ -41,6 +41,8 @@ pub struct Config {
     pub queues: Option<u32>,
     pub xdp_mode: XdpMode,
     pub metrics: Option<SocketAddr>,
+    /// Clamp on the MSS (otherwise the interface MTU - 40).
+    pub mss: Option<u16>,
     pub listeners: Vec<Listener>,
     pub upstream: Upstream,
     pub health: Health,

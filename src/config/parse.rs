@@ -53,6 +53,19 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|m| socket_addr(&src, m, "metrics", "127.0.0.1:9900"))
         .transpose()?;
+    let mss = match &raw.mss {
+        Some(m) if *m.get_ref() < 88 => {
+            return Err(src.at(
+                m,
+                format!(
+                    "mss = {}: need at least 88 (or leave it out to follow the MTU)",
+                    m.get_ref()
+                ),
+            ));
+        }
+        Some(m) => Some(*m.get_ref()),
+        None => None,
+    };
     let upstream = match &raw.upstream {
         None => Upstream::default(),
         Some(u) => upstream(&src, u.get_ref())?,
@@ -84,6 +97,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         queues,
         xdp_mode,
         metrics,
+        mss,
         listeners,
         upstream,
         health,

@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub queues: Option<Spanned<u32>>,
     pub xdp_mode: Option<Spanned<String>>,
     pub metrics: Option<Spanned<String>>,
+    pub mss: Option<Spanned<u16>>,
     #[serde(default)]
     pub listener: Vec<Spanned<RawListener>>,
     pub upstream: Option<Spanned<RawUpstream>>,

@@ -60,9 +60,14 @@ pub enum XdpError {
         err: std::io::Error,
     },
     #[error(
-        "interface {iface:?} already has an XDP program attached (remove it with `ip link set dev {iface} xdp off`)"
+        "interface {iface:?} already has an XDP program attached{occupant}; turnstile never detaches another program: {choices}"
     )]
-    Busy { iface: String },
+    Busy {
+        iface: String,
+        /// ` (id N "name", native mode)` when it could be read.
+        occupant: String,
+        choices: String,
+    },
     #[error("updating the XDP map {map} failed: {err}")]
     Map { map: &'static str, err: String },
 }
@@ -118,6 +123,11 @@ impl XdpProgram {
     pub fn attach(iface: &str, mode: XdpMode) -> Result<Self, XdpError> {
         let idx = ifindex(iface)?;
         silence_libbpf();
+        // Checked first, so the operator hears what is there (and what to
+        // do) whatever mode was asked for; nothing here ever detaches it.
+        if let Some(o) = occupant(idx) {
+            return Err(busy(iface, Some(o)));
+        }
         let mut storage = MaybeUninit::uninit();
         let open = TurnstileSkelBuilder::default()
             .open(&mut storage)
@@ -261,9 +271,7 @@ fn link_create(
     if fd < 0 {
         let err = std::io::Error::from_raw_os_error(-fd);
         return Err(match -fd {
-            libc::EBUSY | libc::EEXIST => XdpError::Busy {
-                iface: iface.to_string(),
-            },
+            libc::EBUSY | libc::EEXIST => busy(iface, occupant(ifindex)),
             libc::EPERM | libc::EACCES => XdpError::Permission,
             _ => XdpError::Unsupported {
                 iface: iface.to_string(),
@@ -274,6 +282,105 @@ fn link_create(
     }
     // SAFETY: bpf_link_create returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An XDP program found on an interface before ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Occupant {
+    pub id: u32,
+    pub name: String,
+    pub mode: &'static str,
+}
+
+/// The XDP program attached to `ifindex`, if any (netlink query; the name
+/// from the program's info, empty when it cannot be read).
+pub fn occupant(ifindex: u32) -> Option<Occupant> {
+    // SAFETY: plain data; zeroed is the documented default.
+    let mut opts: libbpf_sys::bpf_xdp_query_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _;
+    // SAFETY: opts lives across the call and is sized.
+    if unsafe { libbpf_sys::bpf_xdp_query(ifindex as i32, 0, &mut opts) } != 0 {
+        return None;
+    }
+    // XDP_ATTACHED_DRV = 1, SKB = 2, HW = 3, MULTI = 4 (linux/if_link.h).
+    let (id, mode) = match opts.attach_mode {
+        1 => (opts.drv_prog_id, "native"),
+        2 => (opts.skb_prog_id, "generic"),
+        3 => (opts.hw_prog_id, "offloaded"),
+        4 => (opts.drv_prog_id.max(opts.skb_prog_id), "several modes"),
+        _ => return None,
+    };
+    let id = if id == 0 { opts.prog_id } else { id };
+    if id == 0 {
+        return None;
+    }
+    Some(Occupant {
+        id,
+        name: prog_name(id).unwrap_or_default(),
+        mode,
+    })
+}
+
+fn prog_name(id: u32) -> Option<String> {
+    // SAFETY: returns a new fd or a negative error.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is new and owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain data.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len live across the call; len is info's size.
+    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) } != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Whether this kernel loads BPF_PROG_TYPE_EXT (freplace) programs, which
+/// libxdp's multiprog dispatcher needs to chain programs on one interface.
+pub fn dispatcher_supported() -> bool {
+    // SAFETY: a probe with no options; returns 1, 0 or a negative error.
+    unsafe {
+        libbpf_sys::libbpf_probe_bpf_prog_type(libbpf_sys::BPF_PROG_TYPE_EXT, std::ptr::null()) == 1
+    }
+}
+
+fn busy(iface: &str, o: Option<Occupant>) -> XdpError {
+    let occupant = match &o {
+        Some(o) if o.name.is_empty() => format!(" (id {}, {} mode)", o.id, o.mode),
+        Some(o) => format!(" (id {} {:?}, {} mode)", o.id, o.name, o.mode),
+        None => String::new(),
+    };
+    let dispatcher = o.as_ref().is_some_and(|o| o.name == "xdp_dispatcher");
+    let unload = format!(
+        "unload it (`xdp-loader unload {iface} --all` for libxdp programs, `ip link set dev {iface} xdp off` otherwise) or serve another interface"
+    );
+    let choices = if dispatcher_supported() {
+        format!(
+            "{} turnstile attaches alone through a bpf_link and does not join libxdp's dispatcher: {unload}",
+            if dispatcher { "it is libxdp's dispatcher;" } else { "" }
+        )
+        .trim_start()
+        .to_string()
+    } else {
+        format!(
+            "this kernel refuses freplace (BPF_PROG_TYPE_EXT), so libxdp's dispatcher cannot chain programs here: {unload}"
+        )
+    };
+    XdpError::Busy {
+        iface: iface.to_string(),
+        occupant,
+        choices,
+    }
 }
 
 /// libbpf prints its own multi-line diagnostics to stderr; route them to
