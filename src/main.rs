@@ -68,12 +68,12 @@ enum Command {
         mss: Option<u16>,
         /// The NIC's RSS key as hex bytes (`ethtool -x` prints it), for
         /// drivers that do not report it; needs --rss-table.
-        #[arg(long, requires = "rss_table", value_parser = turnstile::rss::parse_key)]
-        rss_key: Option<Vec<u8>>,
+        #[arg(long, requires = "rss_table", value_parser = check_key)]
+        rss_key: Option<String>,
         /// The NIC's RSS indirection table: queues, comma-separated,
         /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
-        #[arg(long, requires = "rss_key", value_parser = turnstile::rss::parse_table)]
-        rss_table: Option<Vec<u32>>,
+        #[arg(long, requires = "rss_key", value_parser = check_table)]
+        rss_table: Option<String>,
     },
     /// Open short HTTP connections to a server through turnstile's own active
     /// opens (a load generator; prints one JSON summary line).
@@ -113,12 +113,12 @@ enum Command {
         timeout_s: u64,
         /// The NIC's RSS key as hex bytes (`ethtool -x` prints it), for
         /// drivers that do not report it; needs --rss-table.
-        #[arg(long, requires = "rss_table", value_parser = turnstile::rss::parse_key)]
-        rss_key: Option<Vec<u8>>,
+        #[arg(long, requires = "rss_table", value_parser = check_key)]
+        rss_key: Option<String>,
         /// The NIC's RSS indirection table: queues, comma-separated,
         /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
-        #[arg(long, requires = "rss_key", value_parser = turnstile::rss::parse_table)]
-        rss_table: Option<Vec<u32>>,
+        #[arg(long, requires = "rss_key", value_parser = check_table)]
+        rss_table: Option<String>,
     },
     /// Run the load-balancer sidecar from a configuration file.
     Run {
@@ -243,10 +243,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn rss_option(key: Option<Vec<u8>>, table: Option<Vec<u32>>) -> Option<turnstile::rss::RssConfig> {
+// Kept as text for clap (a Vec value would be read as many values) and
+// checked at parse time, so the parse below cannot fail.
+fn check_key(s: &str) -> Result<String, String> {
+    turnstile::rss::parse_key(s).map(|_| s.to_string())
+}
+
+fn check_table(s: &str) -> Result<String, String> {
+    turnstile::rss::parse_table(s).map(|_| s.to_string())
+}
+
+fn rss_option(key: Option<String>, table: Option<String>) -> Option<turnstile::rss::RssConfig> {
     Some(turnstile::rss::RssConfig {
-        key: key?,
-        table: table?,
+        key: turnstile::rss::parse_key(&key?).ok()?,
+        table: turnstile::rss::parse_table(&table?).ok()?,
         source: "--rss-key/--rss-table",
     })
 }
