@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod shard;
 pub mod sidecar;
 pub mod tcp;
+pub mod testkit;
 pub mod topology;
 pub mod wire;
 pub mod xdp;

@@ -33,7 +33,7 @@
 //! (4-tuple key included) plus a 24-byte expiry record, plus 16 bytes in its
 //! destination's reuse FIFO when it came from an active open.
 //!
-//! # Where this differs from ARCHITECTURE.md
+//! # Where this differs from the planned shape (docs/ARCHITECTURE.md)
 //! The port allocator and TIME-WAIT expiry live here rather than in `shard/`: the
 //! engine's API owns `connect` and the recycling rules, so it owns the ports and
 //! the entries; the shard's only timer duty is calling `handle_timeout` at
