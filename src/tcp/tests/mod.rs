@@ -2,6 +2,7 @@
 //! segment with a virtual clock (smoltcp style, one file per topic), and a
 //! lossy-network simulation (quinn's `Pair` style).
 
+mod bulk;
 mod close;
 mod fixture;
 mod handshake;
