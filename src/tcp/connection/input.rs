@@ -11,6 +11,9 @@ use crate::tcp::time::Instant;
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
 use std::time::Duration;
 
+/// Duplicate ACKs owed at most between two polls (about one rx batch).
+const MAX_DUPACKS_OWED: u8 = 64;
+
 /// RFC 7323 5.5: TS.Recent older than this is invalid (24 days).
 const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
 
@@ -473,8 +476,17 @@ impl Connection {
             ctx.stats.drop_out_of_order_full += u64::from(offset > 0);
         }
         self.rcv_nxt += r.advanced as u32;
+        if r.advanced > 0 {
+            // Owed duplicates would now repeat a new ACK: a sender would take
+            // them for duplicates of it and retransmit spuriously.
+            self.dupacks_owed = 0;
+        }
         if offset > 0 || had_holes || !r.complete {
             // RFC 5681 4.2: out-of-order data, or data filling a hole, is ACKed at once.
+            if offset > 0 && self.ack_now {
+                // One duplicate ACK per out-of-order segment, bounded.
+                self.dupacks_owed = self.dupacks_owed.saturating_add(1).min(MAX_DUPACKS_OWED);
+            }
             self.ack_now = true;
         } else {
             self.unacked_bytes = self.unacked_bytes.saturating_add(data.len() as u32);

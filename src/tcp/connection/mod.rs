@@ -127,6 +127,12 @@ pub(crate) struct Connection {
     pub(crate) syn_pending: bool,
     pub(crate) syn_retransmitted: bool,
     pub(crate) ack_now: bool,
+    /// Further duplicate ACKs owed, one per out-of-order segment beyond the
+    /// first since the last poll (RFC 5681 4.2: "a TCP receiver SHOULD send an
+    /// immediate duplicate ACK when an out-of-order segment arrives"). A rx
+    /// batch delivers many segments before `poll_transmit` runs; one ACK for
+    /// all of them would hide the loss from a sender counting duplicates.
+    pub(crate) dupacks_owed: u8,
     /// Bytes received since our last ACK (delayed ACK: ACK every second full segment).
     pub(crate) unacked_bytes: u32,
     pub(crate) fast_rexmit: bool,
@@ -201,6 +207,7 @@ impl Connection {
             syn_pending: false,
             syn_retransmitted: false,
             ack_now: false,
+            dupacks_owed: 0,
             unacked_bytes: 0,
             fast_rexmit: false,
             probe_pending: false,
@@ -445,6 +452,7 @@ impl Connection {
         }
         self.syn_pending
             || self.ack_now
+            || self.dupacks_owed > 0
             || self.fast_rexmit
             || self.probe_pending
             || (self.state.is_synchronized()

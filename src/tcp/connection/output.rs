@@ -45,8 +45,11 @@ impl Connection {
                 return Some((seg, 0));
             }
         }
-        if self.ack_now {
+        if self.ack_now || self.dupacks_owed > 0 {
             // SEQ = SND.MAX rather than a rewound SND.NXT, so the peer finds it acceptable.
+            if !self.ack_now {
+                self.dupacks_owed -= 1;
+            }
             let seg = self.header(now, self.snd_max, TcpFlags::ACK);
             return Some((seg, 0));
         }

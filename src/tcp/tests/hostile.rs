@@ -4,7 +4,6 @@
 //! panic, and the endpoint must keep working.
 
 use super::pair::*;
-use crate::tcp::Instant;
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr, Timestamps};
 use proptest::prelude::*;
 use std::time::Duration;
@@ -130,18 +129,36 @@ proptest! {
             if f.to_client { p.deliver_a(&seg) } else { p.deliver_b(&seg) }
             p.a.handle_timeout(p.now);
             p.b.handle_timeout(p.now);
-            // Whatever they answer, the endpoints keep producing well-formed output.
-            let mut buf = [0u8; 2048];
-            for ep in [&mut p.a, &mut p.b] {
+            // Whatever they answer is well formed: payloads within the MSS and
+            // made only of bytes the application queued (A sent only 1s, B
+            // nothing: stale buffer bytes would show), legal flag sets, ACK on
+            // everything but a SYN or a RST, and no timer already due after
+            // the timers ran (a busy loop).
+            for (from_a, ep) in [(true, &mut p.a), (false, &mut p.b)] {
+                let mut buf = [0xa5u8; 2048];
                 let mut n = 0;
                 while let Some(t) = ep.poll_transmit(p.now, &mut buf) {
-                    prop_assert!(t.payload_len <= buf.len());
+                    let fl = t.tcp.flags;
+                    prop_assert!(t.payload_len <= 1460, "payload {} > MSS", t.payload_len);
+                    let payload = &buf[..t.payload_len];
+                    if from_a {
+                        prop_assert!(payload.iter().all(|&b| b == 1), "A sent bytes it never queued");
+                    } else {
+                        prop_assert_eq!(t.payload_len, 0, "B sent data it never queued");
+                    }
+                    prop_assert!(!(fl.contains(TcpFlags::SYN) && fl.intersects(TcpFlags::RST | TcpFlags::FIN)));
+                    if fl.contains(TcpFlags::RST) {
+                        prop_assert_eq!(t.payload_len, 0);
+                    } else if !fl.contains(TcpFlags::SYN) {
+                        prop_assert!(fl.contains(TcpFlags::ACK), "{:?} without ACK", t.tcp);
+                    }
+                    buf.fill(0xa5);
                     n += 1;
                     prop_assert!(n < 10_000, "poll_transmit does not stop");
                 }
                 while ep.poll_event().is_some() {}
                 if let Some(t) = ep.poll_timeout() {
-                    prop_assert!(t >= Instant::ZERO);
+                    prop_assert!(t > p.now, "a timer at {:?} is already due at {:?}", t, p.now);
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! lossy-network simulation (quinn's `Pair` style).
 
 mod buffers;
+mod bulk;
 mod close;
 mod fixture;
 mod handshake;
