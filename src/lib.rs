@@ -8,6 +8,7 @@ pub mod iface;
 pub mod metrics;
 pub mod neigh;
 pub mod ports;
+pub mod resolver;
 pub mod runtime;
 pub mod shard;
 pub mod sidecar;

@@ -50,6 +50,19 @@ pub struct ShardMetrics {
     pub connect_refused: AtomicU64,
     pub retransmits: AtomicU64,
     pub challenge_acks: AtomicU64,
+    /// Active opens that failed for want of a next hop's MAC.
+    pub connect_unreachable: AtomicU64,
+    /// Next hops of active opens held (from the kernel's tables).
+    pub neighbors_kernel: AtomicU64,
+    /// Peers learned from frames of verified flows.
+    pub neighbors_learned: AtomicU64,
+    /// Connects waiting for their next hop now.
+    pub neighbor_waiting: AtomicU64,
+    pub neighbor_resolved: AtomicU64,
+    pub neighbor_failed: AtomicU64,
+    pub neighbor_moved: AtomicU64,
+    pub neighbor_learn_full: AtomicU64,
+    pub neighbor_held_dropped: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -153,6 +166,43 @@ impl Registry {
                 ("reason=\"no_port\"", s(|m| &m.connect_no_port)),
                 ("reason=\"timeout\"", s(|m| &m.connect_timeout)),
                 ("reason=\"refused\"", s(|m| &m.connect_refused)),
+                ("reason=\"unreachable\"", s(|m| &m.connect_unreachable)),
+            ],
+        );
+        metric(
+            "turnstile_neighbors",
+            "gauge",
+            "Next-hop MACs held: kind=\"resolved\" from the kernel for active opens, \
+             kind=\"learned\" from frames of verified flows.",
+            &[
+                ("kind=\"resolved\"", s(|m| &m.neighbors_kernel)),
+                ("kind=\"learned\"", s(|m| &m.neighbors_learned)),
+            ],
+        );
+        metric(
+            "turnstile_neighbor_waiting_connects",
+            "gauge",
+            "Active opens waiting for their next hop's MAC.",
+            &[("", s(|m| &m.neighbor_waiting))],
+        );
+        metric(
+            "turnstile_neighbor_resolutions_total",
+            "counter",
+            "Next-hop resolutions through the kernel (first ones and re-validations).",
+            &[
+                ("result=\"resolved\"", s(|m| &m.neighbor_resolved)),
+                ("result=\"failed\"", s(|m| &m.neighbor_failed)),
+            ],
+        );
+        metric(
+            "turnstile_neighbor_events_total",
+            "counter",
+            "event=\"moved\": a next hop's MAC changed; \"learn_full\": a peer not learned \
+             (table full); \"held_dropped\": a frame waiting for its MAC dropped (list full).",
+            &[
+                ("event=\"moved\"", s(|m| &m.neighbor_moved)),
+                ("event=\"learn_full\"", s(|m| &m.neighbor_learn_full)),
+                ("event=\"held_dropped\"", s(|m| &m.neighbor_held_dropped)),
             ],
         );
         metric(

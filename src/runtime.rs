@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::iface::{Iface, IfaceError};
 use crate::metrics::{self, Registry, ShardMetrics};
 use crate::ports::{self, Reservation, ReserveError};
+use crate::resolver::Resolver;
 use crate::shard::flow::FlowMap;
 use crate::shard::handoff::Exchange;
 use crate::shard::neighbors::Neighbors;
@@ -109,6 +110,7 @@ pub struct Running<A> {
     metrics_thread: Option<JoinHandle<()>>,
     metrics_stop: Arc<std::sync::atomic::AtomicBool>,
     xdp: Option<Arc<XdpProgram>>,
+    resolver: Option<Resolver>,
     _reservation: Reservation,
 }
 
@@ -152,6 +154,7 @@ impl<A> Running<A> {
             .drain(..)
             .filter_map(|t| t.join().ok())
             .collect();
+        self.resolver = None;
         self.metrics_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.metrics_thread.take() {
             let _ = t.join();
@@ -218,6 +221,7 @@ where
     // answered before its replies are ours.
     xdp.enable(Some(iface.ipv4))?;
 
+    let resolver = Resolver::start(&iface, shards).map_err(StartError::Thread)?;
     let flows = FlowMap::new(shards, opts.active_ports.clone());
     let exchange = Exchange::new(shards);
     let control = Arc::new(AtomicU8::new(RUNNING));
@@ -243,7 +247,8 @@ where
             },
             local_mac: iface.mac,
             local_ip: iface.ipv4,
-            neighbors: Neighbors::new(iface.clone()),
+            neighbors: Neighbors::new(resolver.link(id)),
+            unreachable: Vec::new(),
             flows: flows.clone(),
             exchange: exchange.clone(),
             metrics: m,
@@ -281,6 +286,7 @@ where
         metrics_thread,
         metrics_stop,
         xdp: Some(xdp),
+        resolver: Some(resolver),
         _reservation: reservation,
     })
 }
