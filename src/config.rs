@@ -54,6 +54,10 @@ pub struct Config {
     pub upstream: Upstream,
     pub health: Health,
     pub timeouts: Timeouts,
+    /// Connections held by the whole process at most (`max_connections`).
+    pub max_connections: Option<usize>,
+    /// Where the ISN/timestamp secret is kept (`state_dir`).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +66,8 @@ pub struct Listener {
     pub balance: Balance,
     /// In the order of the file (Maglev's table depends on it).
     pub backends: Vec<SocketAddrV4>,
+    /// Client connections held at once at most (`max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 /// Connections from the sidecar to backends: local ports and TIME_WAIT.
@@ -176,6 +182,8 @@ struct RawConfig {
     upstream: Option<Spanned<RawUpstream>>,
     health: Option<Spanned<RawHealth>>,
     timeouts: Option<Spanned<RawTimeouts>>,
+    max_connections: Option<Spanned<u64>>,
+    state_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +192,7 @@ struct RawListener {
     port: Spanned<u16>,
     balance: Option<Spanned<Balance>>,
     backends: Spanned<Vec<Spanned<String>>>,
+    max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -549,6 +558,7 @@ impl Config {
                     .as_ref()
                     .map_or(Balance::RoundRobin, |b| *b.get_ref()),
                 backends,
+                max_connections: l.max_connections.as_ref().map(|m| *m.get_ref() as usize),
             });
         }
 
@@ -562,6 +572,11 @@ impl Config {
             upstream,
             health,
             timeouts,
+            max_connections: raw.max_connections.as_ref().map(|m| *m.get_ref() as usize),
+            state_dir: raw.state_dir.as_ref().map_or_else(
+                || crate::state::DEFAULT_STATE_DIR.into(),
+                |d| PathBuf::from(d.get_ref()),
+            ),
         })
     }
 
@@ -582,6 +597,13 @@ impl Config {
         opts.tcp.reuse_delay = self.upstream.reuse_delay;
         opts.tcp.max_time_wait = self.upstream.max_time_wait;
         opts.grace = self.timeouts.drain;
+        opts.max_connections = self.max_connections;
+        opts.state_dir = self.state_dir.clone();
+        opts.listener_limits = self
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.port, l.max_connections?)))
+            .collect();
         opts
     }
 

@@ -12,6 +12,7 @@ pub mod resolver;
 pub mod runtime;
 pub mod shard;
 pub mod sidecar;
+pub mod state;
 pub mod tcp;
 pub mod topology;
 pub mod wire;

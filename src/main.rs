@@ -63,6 +63,13 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Connections held at once at most (split evenly between the
+        /// queues); SYNs beyond are dropped, as a full backlog drops them.
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// Where the ISN/timestamp secret is kept across restarts (0600).
+        #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
+        state_dir: std::path::PathBuf,
     },
     /// Open short HTTP connections to a server through turnstile's own active
     /// opens (a load generator; prints one JSON summary line).
@@ -100,6 +107,9 @@ enum Command {
         /// Stop after this many seconds even if connections remain.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// Where the ISN/timestamp secret is kept across restarts (0600).
+        #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
+        state_dir: std::path::PathBuf,
     },
     /// Run the load-balancer sidecar from a configuration file.
     Run {
@@ -154,8 +164,12 @@ fn main() -> ExitCode {
             xdp_mode,
             msl_ms,
             metrics,
+            max_connections,
+            state_dir,
         } => {
             let mut opts = StackOptions::new(&iface, port);
+            opts.max_connections = max_connections;
+            opts.state_dir = state_dir;
             opts.queues = queues;
             opts.xdp_mode = xdp_mode;
             opts.metrics = metrics;
@@ -176,12 +190,14 @@ fn main() -> ExitCode {
             xdp_mode,
             metrics,
             timeout_s,
+            state_dir,
         } => {
             // The load generator listens on nothing: only its active-open
             // range is steered.
             let mut opts = StackOptions::new(&iface, Vec::new());
             opts.listen = false;
             opts.active_ports = local_ports;
+            opts.state_dir = state_dir;
             opts.queues = queues;
             opts.xdp_mode = xdp_mode;
             opts.metrics = metrics;

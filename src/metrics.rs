@@ -63,6 +63,14 @@ pub struct ShardMetrics {
     pub neighbor_moved: AtomicU64,
     pub neighbor_learn_full: AtomicU64,
     pub neighbor_held_dropped: AtomicU64,
+    pub syn_dropped_max_connections: AtomicU64,
+    pub syn_dropped_syn_queue: AtomicU64,
+    pub syn_dropped_accept_queue: AtomicU64,
+    pub syn_cookies_sent: AtomicU64,
+    pub syn_cookies_accepted: AtomicU64,
+    pub syn_cookies_rejected: AtomicU64,
+    pub syn_cookies_no_overflow: AtomicU64,
+    pub challenge_acks_suppressed: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -168,6 +176,41 @@ impl Registry {
                 ("reason=\"refused\"", s(|m| &m.connect_refused)),
                 ("reason=\"unreachable\"", s(|m| &m.connect_unreachable)),
             ],
+        );
+        metric(
+            "turnstile_syn_dropped_total",
+            "counter",
+            "SYNs dropped unanswered (as a full backlog drops them): max_connections reached, \
+             SYN queue full without cookies, accept queue full.",
+            &[
+                (
+                    "reason=\"max_connections\"",
+                    s(|m| &m.syn_dropped_max_connections),
+                ),
+                ("reason=\"syn_queue\"", s(|m| &m.syn_dropped_syn_queue)),
+                (
+                    "reason=\"accept_queue\"",
+                    s(|m| &m.syn_dropped_accept_queue),
+                ),
+            ],
+        );
+        metric(
+            "turnstile_syn_cookies_total",
+            "counter",
+            "SYN cookies: sent (SYN queue full), accepted, rejected (bad cookie), \
+             no_overflow (a bare ACK to a listener that did not overflow lately: not checked, RST).",
+            &[
+                ("result=\"sent\"", s(|m| &m.syn_cookies_sent)),
+                ("result=\"accepted\"", s(|m| &m.syn_cookies_accepted)),
+                ("result=\"rejected\"", s(|m| &m.syn_cookies_rejected)),
+                ("result=\"no_overflow\"", s(|m| &m.syn_cookies_no_overflow)),
+            ],
+        );
+        metric(
+            "turnstile_challenge_acks_suppressed_total",
+            "counter",
+            "RFC 5961 challenge ACKs not sent (over the per-connection or TIME_WAIT budget).",
+            &[("", s(|m| &m.challenge_acks_suppressed))],
         );
         metric(
             "turnstile_neighbors",

@@ -40,6 +40,13 @@ pub struct StackOptions {
     pub tcp: tcp::Config,
     /// How long SIGTERM lets established connections finish.
     pub grace: Duration,
+    /// Where the ISN/timestamp secret is kept across restarts.
+    pub state_dir: std::path::PathBuf,
+    /// Connections held in full by the whole process at most (split evenly
+    /// between the shards); SYNs beyond are dropped and counted.
+    pub max_connections: Option<usize>,
+    /// Per listening port: its passive connections at most (split too).
+    pub listener_limits: Vec<(u16, usize)>,
 }
 
 impl StackOptions {
@@ -54,6 +61,9 @@ impl StackOptions {
             metrics: None,
             tcp: tcp::Config::default(),
             grace: Duration::from_secs(10),
+            state_dir: crate::state::DEFAULT_STATE_DIR.into(),
+            max_connections: None,
+            listener_limits: Vec::new(),
         }
     }
 }
@@ -93,8 +103,8 @@ pub enum StartError {
     },
     #[error("could not start a shard thread: {0}")]
     Thread(std::io::Error),
-    #[error("no randomness for the ISN secret: {0}")]
-    Random(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// A running stack.
@@ -200,8 +210,10 @@ where
             shards,
         });
     }
-    let mut secret = [0u8; 16];
-    getrandom::fill(&mut secret).map_err(|e| StartError::Random(e.to_string()))?;
+    // Both before anything that sends: a restarted process must key and
+    // clock its ISNs and timestamps as its predecessor did.
+    crate::shard::clock::init();
+    let secret = crate::state::load_or_create_secret(&opts.state_dir)?;
     let reservation = ports::reserve(&opts.active_ports)?;
 
     let xdp = Arc::new(XdpProgram::attach(&iface.name, opts.xdp_mode)?);
@@ -235,6 +247,14 @@ where
         registry.shards.push(m.clone());
         let mut cfg = opts.tcp.clone();
         cfg.port_range = flows.port_slice(id);
+        if let Some(max) = opts.max_connections {
+            cfg.max_connections = share(max, id, shards);
+        }
+        let listen_limits = opts
+            .listener_limits
+            .iter()
+            .map(|&(port, max)| (port, share(max, id, shards)))
+            .collect();
         let shard = Shard {
             id,
             xsk,
@@ -249,6 +269,7 @@ where
             local_ip: iface.ipv4,
             neighbors: Neighbors::new(resolver.link(id)),
             unreachable: Vec::new(),
+            listen_limits,
             flows: flows.clone(),
             exchange: exchange.clone(),
             metrics: m,
@@ -289,4 +310,22 @@ where
         resolver: Some(resolver),
         _reservation: reservation,
     })
+}
+
+/// Shard `id`'s part of a process-wide limit: the parts add up to `max`
+/// exactly (flows are spread over shards by RSS, so each gets its share).
+fn share(max: usize, id: usize, shards: usize) -> usize {
+    max / shards + usize::from(id < max % shards)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shares_of_a_limit_add_up_to_it() {
+        for (max, shards) in [(10, 3), (1, 2), (0, 4), (1_000_000, 7)] {
+            let parts: Vec<usize> = (0..shards).map(|i| super::share(max, i, shards)).collect();
+            assert_eq!(parts.iter().sum::<usize>(), max, "{parts:?}");
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
+        }
+    }
 }

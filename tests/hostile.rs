@@ -368,3 +368,264 @@ fn rss_kb(lab: &Lab) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// A kernel HTTP server that answers one request and closes first, so the
+/// kernel holds each tuple in TIME_WAIT after every connection.
+const CLOSER_PY: &str = r#"
+import asyncio, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+async def one(reader, writer):
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(RESP)
+        await writer.drain()
+    except Exception:
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await asyncio.start_server(one, ip, port, backlog=4096, reuse_address=True)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"#;
+
+/// (local port, ISN, TSval) of every SYN without ACK in a pcap file, in
+/// capture order.
+fn syns_in_capture(path: &std::path::Path) -> Vec<(u16, u32, u32)> {
+    let bytes = std::fs::read(path).expect("read the capture");
+    assert!(bytes.len() >= 24, "no pcap header");
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &bytes[at + 16..(at + 16 + len).min(bytes.len())];
+        at += 16 + len;
+        if let Ok(p) = turnstile::wire::parse_frame(frame) {
+            let f = p.tcp.flags;
+            if f.contains(turnstile::wire::TcpFlags::SYN)
+                && !f.contains(turnstile::wire::TcpFlags::ACK)
+            {
+                let ts = p.tcp.options.timestamps.map_or(0, |t| t.tsval);
+                out.push((p.tcp.src_port, p.tcp.seq, ts));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_restarted_process_opens_the_same_tuples_above_its_predecessor() {
+    if !need_root() {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new("restart", 9943);
+    let server_ip = lab.topo.client.ip;
+    let script = lab.dir.join("closer.py");
+    std::fs::write(&script, CLOSER_PY).unwrap();
+    let mut server = lab
+        .topo
+        .client
+        .command("python3")
+        .arg(&script)
+        .args([&server_ip.to_string(), "9000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = ChildGuard(server);
+    let cap = lab.dir.join("syns.pcap");
+    let dump = lab
+        .topo
+        .client
+        .command("tcpdump")
+        .args(["-i", &lab.topo.client.dev, "-U", "-s", "200", "-w"])
+        .arg(&cap)
+        .arg(format!(
+            "tcp[13] & 2 != 0 and src host {} and dst port 9000",
+            lab.topo.server.ip
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tcpdump");
+    let mut dump = ChildGuard(dump);
+    std::thread::sleep(Duration::from_millis(1000));
+    let state = lab.dir.join("state");
+    let run = |n: u32| {
+        let out = lab
+            .topo
+            .server
+            .command(BIN)
+            .args(["load", "--iface", &lab.topo.server.dev])
+            .args(["--target", &format!("{server_ip}:9000")])
+            .args(["--connections", "20", "--concurrency", "1"])
+            .args([
+                "--local-ports",
+                "61000-61019",
+                "--queues",
+                "1",
+                "--timeout-s",
+                "30",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run load");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("load {n}: {}", stdout.trim());
+        assert!(
+            out.status.success(),
+            "load {n} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("\"ok\":20"), "{stdout}");
+    };
+    run(1);
+    // Well within 2MSL: the kernel holds all 20 tuples in TIME_WAIT and
+    // takes a new SYN on one only above the old incarnation (RFC 6191).
+    let tw = lab
+        .topo
+        .client
+        .sh_ok("ss -Htan state time-wait | wc -l")
+        .unwrap();
+    eprintln!("kernel TIME_WAIT entries before the restart: {}", tw.trim());
+    run(2);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child: SIGINT makes tcpdump flush and exit.
+    unsafe { libc::kill(dump.0.id() as i32, libc::SIGINT) };
+    let _ = wait_exit(&mut dump, Duration::from_secs(5));
+    let mode = std::fs::metadata(state.join("isn-secret")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let syns = syns_in_capture(&cap);
+    let mut first = std::collections::BTreeMap::new();
+    let mut last = std::collections::BTreeMap::new();
+    for &(port, seq, ts) in &syns {
+        first.entry(port).or_insert((seq, ts));
+        last.insert(port, (seq, ts));
+    }
+    assert_eq!(first.len(), 20, "a SYN per tuple: {syns:?}");
+    for (port, (seq1, ts1)) in &first {
+        let (seq2, ts2) = last[port];
+        // Sequence space comparison (RFC 9293 3.4): after, within 2^31.
+        let isn_up = seq2.wrapping_sub(*seq1) as i32 > 0;
+        let ts_up = ts2.wrapping_sub(*ts1) as i32 > 0;
+        assert!(
+            isn_up && ts_up,
+            "port {port}: ISN {seq1} -> {seq2}, TSval {ts1} -> {ts2}"
+        );
+    }
+}
+
+#[test]
+fn max_connections_is_enforced_counted_and_bounds_memory() {
+    if !need_root() {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new(TopologyConfig { queues: 1 }).expect("topology");
+    let (_line, pid) = start_serve(
+        &mut topo,
+        &[
+            "--port",
+            "7000",
+            "--app",
+            "echo",
+            "--max-connections",
+            "300",
+            "--metrics",
+            "127.0.0.1:9944",
+            "--state-dir",
+            "/tmp/turnstile-hostile-state",
+        ],
+    );
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    // 900 connections at once, held open; count those that complete, then
+    // check that each of them is really served.
+    let program = format!(
+        r#"
+import socket, select, time, errno
+socks = []
+for i in range(900):
+    s = socket.socket(); s.setblocking(False)
+    s.connect_ex(("{}", 7000)); socks.append(s)
+time.sleep(2.5)
+ok = []
+for s in socks:
+    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+        try:
+            s.getpeername(); ok.append(s)
+        except OSError: pass
+served = 0
+for s in ok:
+    s.setblocking(True); s.settimeout(2)
+    try:
+        s.sendall(b"x")
+        if s.recv(1) == b"x": served += 1
+    except OSError: pass
+print(len(ok), served, flush=True)
+time.sleep(0.5)
+"#,
+        topo.server.ip
+    );
+    let scraper = {
+        let ns = topo.server.netns.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2800));
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "curl", "-s", "--max-time", "5"])
+                .arg("http://127.0.0.1:9944/metrics")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        })
+    };
+    let out = client_python(&topo, &program);
+    let during = scraper.join().unwrap();
+    let peak = rss();
+    let w: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    eprintln!(
+        "connected {} served {} RSS {before} -> {peak} kB",
+        w[0], w[1]
+    );
+    assert!(w[0] <= 300, "at most max_connections complete: {}", w[0]);
+    assert!(w[0] >= 250, "up to the limit complete: {}", w[0]);
+    assert_eq!(w[1], w[0], "every held connection is served");
+    let held = metric(&during, "turnstile_connections");
+    assert!(held <= 300, "{held}");
+    assert!(
+        metric(
+            &during,
+            "turnstile_syn_dropped_total{reason=\"max_connections\"}"
+        ) > 0
+    );
+    // Each connection's storage is two 64 KiB buffers: the limit implies at
+    // most ~40 MB on top of what the idle process holds.
+    assert!(
+        peak.saturating_sub(before) < 300 * 160,
+        "RSS grew {} kB",
+        peak - before
+    );
+}

@@ -60,6 +60,8 @@ pub struct Shard<A: App> {
     pub core: Option<core_affinity::CoreId>,
     /// Scratch for connects that failed `unreachable` (reused, no allocation).
     pub unreachable: Vec<ConnId>,
+    /// This shard's share of listeners' `max_connections`.
+    pub listen_limits: Vec<(u16, usize)>,
 }
 
 impl<A: App> Shard<A> {
@@ -72,7 +74,10 @@ impl<A: App> Shard<A> {
             tracing::warn!(shard = self.id, ?core, "could not pin shard thread");
         }
         for &port in &self.ports {
-            self.endpoint.listen(port);
+            match self.listen_limits.iter().find(|(p, _)| *p == port) {
+                Some(&(_, max)) => self.endpoint.listen_limited(port, max),
+                None => self.endpoint.listen(port),
+            }
         }
         let now = clock::now();
         self.with_ctx(now, |app, ctx| app.on_start(ctx));
@@ -313,6 +318,17 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.rst_sent, e.rst_sent);
         ShardMetrics::set(&m.rx_engine_dropped, e.dropped_segments);
         ShardMetrics::set(&m.time_wait_expired, e.time_wait_expired);
+        ShardMetrics::set(
+            &m.syn_dropped_max_connections,
+            e.syn_dropped_max_connections,
+        );
+        ShardMetrics::set(&m.syn_dropped_syn_queue, e.syn_queue_overflow);
+        ShardMetrics::set(&m.syn_dropped_accept_queue, e.accept_queue_overflow);
+        ShardMetrics::set(&m.syn_cookies_sent, e.syn_cookies_sent);
+        ShardMetrics::set(&m.syn_cookies_accepted, e.syn_cookies_accepted);
+        ShardMetrics::set(&m.syn_cookies_rejected, e.syn_cookies_rejected);
+        ShardMetrics::set(&m.syn_cookies_no_overflow, e.syn_cookies_no_overflow);
+        ShardMetrics::set(&m.challenge_acks_suppressed, e.challenge_acks_suppressed);
         let n = &self.neighbors;
         ShardMetrics::set(&m.connect_unreachable, n.stats.connect_unreachable);
         ShardMetrics::set(&m.neighbors_kernel, n.kernel_len() as u64);

@@ -5,6 +5,7 @@
 mod close;
 mod handshake;
 mod hostile;
+mod limits;
 mod pair;
 mod reliability;
 mod rfc5961;
