@@ -136,8 +136,9 @@ fn the_endpoint_limit_counts_every_connection_and_frees_with_them() {
     let syn = p.a_sends();
     assert_eq!(syns(&mut p, &syn, 4, 51_000), 2);
     assert_eq!(p.b.stats().syn_dropped_max_connections, 2);
-    // The SYN-RECEIVED ones time out and go: room again.
-    for _ in 0..80 {
+    // The SYN-RECEIVED ones time out (SYN+ACK retransmissions back off
+    // from 1 s, about two minutes in all) and go: room again.
+    for _ in 0..300 {
         p.advance(std::time::Duration::from_secs(1));
         while p.b_out().is_some() {}
     }
