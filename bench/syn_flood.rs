@@ -24,6 +24,11 @@ pub struct FloodArgs {
     /// The server's MAC, aa:bb:cc:dd:ee:ff.
     #[arg(long, value_parser = parse_mac)]
     pub dst_mac: [u8; 6],
+    /// SYNs per second at most (paced per batch of 64); default: as fast as
+    /// the socket takes them. Lets floods of one rate be offered to the
+    /// kernel and to turnstile alike.
+    #[arg(long)]
+    pub pps: Option<u64>,
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -169,6 +174,14 @@ pub fn run(args: FloodArgs) -> anyhow::Result<()> {
             }
         } else {
             sent += rc as u64;
+        }
+        if let Some(pps) = args.pps.filter(|&p| p > 0) {
+            // Where the schedule says we should be after `sent` SYNs.
+            let due = start + Duration::from_secs_f64(sent as f64 / pps as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
         }
     }
     let elapsed = start.elapsed().as_secs_f64();

@@ -74,6 +74,13 @@ enum Command {
         /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
         #[arg(long, requires = "rss_key", value_parser = check_table)]
         rss_table: Option<String>,
+        /// Connections held at once at most (split evenly between the
+        /// queues); SYNs beyond are dropped, as a full backlog drops them.
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// Where the ISN/timestamp secret is kept across restarts (0600).
+        #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
+        state_dir: std::path::PathBuf,
     },
     /// Open short HTTP connections to a server through turnstile's own active
     /// opens (a load generator; prints one JSON summary line).
@@ -119,6 +126,9 @@ enum Command {
         /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
         #[arg(long, requires = "rss_key", value_parser = check_table)]
         rss_table: Option<String>,
+        /// Where the ISN/timestamp secret is kept across restarts (0600).
+        #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
+        state_dir: std::path::PathBuf,
     },
     /// Run the load-balancer sidecar from a configuration file.
     Run {
@@ -176,10 +186,14 @@ fn main() -> ExitCode {
             mss,
             rss_key,
             rss_table,
+            max_connections,
+            state_dir,
         } => {
             let mut opts = StackOptions::new(&iface, port);
             opts.mss = mss;
             opts.rss = rss_option(rss_key, rss_table);
+            opts.max_connections = max_connections;
+            opts.state_dir = state_dir;
             opts.queues = queues;
             opts.xdp_mode = xdp_mode;
             opts.metrics = metrics;
@@ -202,6 +216,7 @@ fn main() -> ExitCode {
             timeout_s,
             rss_key,
             rss_table,
+            state_dir,
         } => {
             // The load generator listens on nothing: only its active-open
             // range is steered.
@@ -209,6 +224,7 @@ fn main() -> ExitCode {
             opts.listen = false;
             opts.rss = rss_option(rss_key, rss_table);
             opts.active_ports = local_ports;
+            opts.state_dir = state_dir;
             opts.queues = queues;
             opts.xdp_mode = xdp_mode;
             opts.metrics = metrics;

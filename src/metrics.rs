@@ -55,6 +55,27 @@ pub struct ShardMetrics {
     pub connect_refused: AtomicU64,
     pub retransmits: AtomicU64,
     pub challenge_acks: AtomicU64,
+    /// Active opens that failed for want of a next hop's MAC.
+    pub connect_unreachable: AtomicU64,
+    /// Next hops of active opens held (from the kernel's tables).
+    pub neighbors_kernel: AtomicU64,
+    /// Peers learned from frames of verified flows.
+    pub neighbors_learned: AtomicU64,
+    /// Connects waiting for their next hop now.
+    pub neighbor_waiting: AtomicU64,
+    pub neighbor_resolved: AtomicU64,
+    pub neighbor_failed: AtomicU64,
+    pub neighbor_moved: AtomicU64,
+    pub neighbor_learn_full: AtomicU64,
+    pub neighbor_held_dropped: AtomicU64,
+    pub syn_dropped_max_connections: AtomicU64,
+    pub syn_dropped_syn_queue: AtomicU64,
+    pub syn_dropped_accept_queue: AtomicU64,
+    pub syn_cookies_sent: AtomicU64,
+    pub syn_cookies_accepted: AtomicU64,
+    pub syn_cookies_rejected: AtomicU64,
+    pub syn_cookies_no_overflow: AtomicU64,
+    pub challenge_acks_suppressed: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -158,6 +179,78 @@ impl Registry {
                 ("reason=\"no_port\"", s(|m| &m.connect_no_port)),
                 ("reason=\"timeout\"", s(|m| &m.connect_timeout)),
                 ("reason=\"refused\"", s(|m| &m.connect_refused)),
+                ("reason=\"unreachable\"", s(|m| &m.connect_unreachable)),
+            ],
+        );
+        metric(
+            "turnstile_syn_dropped_total",
+            "counter",
+            "SYNs dropped unanswered (as a full backlog drops them): max_connections reached, \
+             SYN queue full without cookies, accept queue full.",
+            &[
+                (
+                    "reason=\"max_connections\"",
+                    s(|m| &m.syn_dropped_max_connections),
+                ),
+                ("reason=\"syn_queue\"", s(|m| &m.syn_dropped_syn_queue)),
+                (
+                    "reason=\"accept_queue\"",
+                    s(|m| &m.syn_dropped_accept_queue),
+                ),
+            ],
+        );
+        metric(
+            "turnstile_syn_cookies_total",
+            "counter",
+            "SYN cookies: sent (SYN queue full), accepted, rejected (bad cookie), \
+             no_overflow (a bare ACK to a listener that did not overflow lately: not checked, RST).",
+            &[
+                ("result=\"sent\"", s(|m| &m.syn_cookies_sent)),
+                ("result=\"accepted\"", s(|m| &m.syn_cookies_accepted)),
+                ("result=\"rejected\"", s(|m| &m.syn_cookies_rejected)),
+                ("result=\"no_overflow\"", s(|m| &m.syn_cookies_no_overflow)),
+            ],
+        );
+        metric(
+            "turnstile_challenge_acks_suppressed_total",
+            "counter",
+            "RFC 5961 challenge ACKs not sent (over the per-connection or TIME_WAIT budget).",
+            &[("", s(|m| &m.challenge_acks_suppressed))],
+        );
+        metric(
+            "turnstile_neighbors",
+            "gauge",
+            "Next-hop MACs held: kind=\"resolved\" from the kernel for active opens, \
+             kind=\"learned\" from frames of verified flows.",
+            &[
+                ("kind=\"resolved\"", s(|m| &m.neighbors_kernel)),
+                ("kind=\"learned\"", s(|m| &m.neighbors_learned)),
+            ],
+        );
+        metric(
+            "turnstile_neighbor_waiting_connects",
+            "gauge",
+            "Active opens waiting for their next hop's MAC.",
+            &[("", s(|m| &m.neighbor_waiting))],
+        );
+        metric(
+            "turnstile_neighbor_resolutions_total",
+            "counter",
+            "Next-hop resolutions through the kernel (first ones and re-validations).",
+            &[
+                ("result=\"resolved\"", s(|m| &m.neighbor_resolved)),
+                ("result=\"failed\"", s(|m| &m.neighbor_failed)),
+            ],
+        );
+        metric(
+            "turnstile_neighbor_events_total",
+            "counter",
+            "event=\"moved\": a next hop's MAC changed; \"learn_full\": a peer not learned \
+             (table full); \"held_dropped\": a frame waiting for its MAC dropped (list full).",
+            &[
+                ("event=\"moved\"", s(|m| &m.neighbor_moved)),
+                ("event=\"learn_full\"", s(|m| &m.neighbor_learn_full)),
+                ("event=\"held_dropped\"", s(|m| &m.neighbor_held_dropped)),
             ],
         );
         metric(

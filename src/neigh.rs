@@ -8,8 +8,11 @@
 //! operator looks at. When the neighbour is not known yet we make the kernel
 //! resolve it and poll its table.
 //!
-//! This runs once per new destination and callers cache the answer: it
-//! favours plain blocking calls over speed.
+//! This runs on the resolver thread (src/resolver.rs), never on a shard:
+//! [`NeighborResolver::next_hop`], [`NeighborResolver::lookup`] and
+//! [`NeighborResolver::probe`] are the steps it interleaves for many
+//! destinations at once; [`NeighborResolver::resolve`] is the same steps for
+//! one destination, blocking, for tools and tests.
 
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -149,6 +152,29 @@ impl NeighborResolver {
     /// `timeout`.
     pub fn resolve(&mut self, dst: Ipv4Addr, timeout: Duration) -> Result<[u8; 6], NeighError> {
         let deadline = Instant::now() + timeout;
+        let next_hop = self.next_hop(dst)?;
+        let mut last_probe: Option<Instant> = None;
+        loop {
+            let state = match self.lookup(next_hop)? {
+                Neighbour::Usable { mac, .. } => return Ok(mac),
+                other => other,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.unresolved(next_hop));
+            }
+            let due = last_probe.is_none_or(|t| now.duration_since(t) >= REPROBE_INTERVAL);
+            if state.wants_probe() && due {
+                self.probe(next_hop)?;
+                last_probe = Some(now);
+            }
+            std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+        }
+    }
+
+    /// The next hop for `dst` (the destination itself, or its gateway),
+    /// which must leave through our interface.
+    pub fn next_hop(&mut self, dst: Ipv4Addr) -> Result<Ipv4Addr, NeighError> {
         let route = self.route_to(dst)?;
         if route.oif != self.ifindex {
             return Err(NeighError::WrongInterface {
@@ -157,28 +183,20 @@ impl NeighborResolver {
                 iface: self.iface.clone(),
             });
         }
-        let mut last_probe: Option<Instant> = None;
-        loop {
-            let state = match self.neighbour(route.next_hop)? {
-                Neighbour::Usable(mac) => return Ok(mac),
-                other => other,
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(NeighError::Unresolved {
-                    ip: route.next_hop,
-                    iface: self.iface.clone(),
-                });
-            }
-            // INCOMPLETE means the kernel is already sending ARP requests:
-            // another datagram would only queue behind them.
-            let resolving = matches!(state, Neighbour::Resolving);
-            let due = last_probe.is_none_or(|t| now.duration_since(t) >= REPROBE_INTERVAL);
-            if !resolving && due {
-                self.probe(route.next_hop)?;
-                last_probe = Some(now);
-            }
-            std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+        Ok(route.next_hop)
+    }
+
+    /// What the kernel's neighbour table says about `next_hop` now (one
+    /// RTM_GETNEIGH; the kernel answers in microseconds).
+    pub fn lookup(&mut self, next_hop: Ipv4Addr) -> Result<Neighbour, NeighError> {
+        self.neighbour(next_hop)
+    }
+
+    /// The error for a next hop that did not resolve in time.
+    pub fn unresolved(&self, next_hop: Ipv4Addr) -> NeighError {
+        NeighError::Unresolved {
+            ip: next_hop,
+            iface: self.iface.clone(),
         }
     }
 
@@ -275,7 +293,7 @@ impl NeighborResolver {
     /// It needs no privilege and works on any kernel, where creating the
     /// entry with RTM_NEWNEIGH needs CAP_NET_ADMIN and probes or not
     /// depending on the kernel.
-    fn probe(&self, next_hop: Ipv4Addr) -> Result<(), NeighError> {
+    pub fn probe(&self, next_hop: Ipv4Addr) -> Result<(), NeighError> {
         let err = |err| NeighError::Probe { ip: next_hop, err };
         // Bound to our address so the datagram leaves with the source we use.
         let socket = UdpSocket::bind((self.ipv4, 0)).map_err(err)?;
@@ -340,9 +358,11 @@ impl NeighborResolver {
 }
 
 /// What the neighbour table says about a next hop.
-enum Neighbour {
-    /// A MAC the kernel itself would send to.
-    Usable([u8; 6]),
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Neighbour {
+    /// A MAC the kernel itself would send to (`stale`: in STALE, DELAY or
+    /// PROBE, i.e. not confirmed lately; the kernel still sends to it).
+    Usable { mac: [u8; 6], stale: bool },
     /// INCOMPLETE: ARP requests are on their way.
     Resolving,
     /// FAILED, NONE, or a state without a usable address: ask again.
@@ -351,7 +371,24 @@ enum Neighbour {
     Absent,
 }
 
+/// NUD_STALE: the kernel has not confirmed the address for
+/// base_reachable_time; it re-confirms it (DELAY, PROBE) once traffic goes
+/// to it, which for us means a probe datagram.
+const NUD_STALE: u16 = 0x04;
+
 impl Neighbour {
+    /// Whether a probe datagram would help: not while the kernel is already
+    /// sending ARP requests (INCOMPLETE), where it would only queue behind
+    /// them; yes for an absent or failed entry (it starts a resolution) and a
+    /// STALE one (it starts the kernel's re-confirmation).
+    pub fn wants_probe(&self) -> bool {
+        match self {
+            Neighbour::Resolving => false,
+            Neighbour::Usable { stale, .. } => *stale,
+            Neighbour::Stuck | Neighbour::Absent => true,
+        }
+    }
+
     fn of(entry: &NeighbourMessage) -> Self {
         let state = u16::from(entry.header.state);
         if state & NUD_VALID != 0 {
@@ -359,7 +396,10 @@ impl Neighbour {
                 if let NeighbourAttribute::LinkLayerAddress(lladdr) = attr
                     && let Ok(mac) = <[u8; 6]>::try_from(lladdr.as_slice())
                 {
-                    return Neighbour::Usable(mac);
+                    return Neighbour::Usable {
+                        mac,
+                        stale: state & NUD_STALE != 0,
+                    };
                 }
             }
         }
@@ -466,7 +506,8 @@ mod tests {
             NeighbourState::Noarp,
         ] {
             assert!(
-                matches!(Neighbour::of(&entry(state, Some(&MAC))), Neighbour::Usable(m) if m == MAC),
+                matches!(Neighbour::of(&entry(state, Some(&MAC))), Neighbour::Usable { mac, stale }
+                    if mac == MAC && stale == (state == NeighbourState::Stale)),
                 "{state}"
             );
         }

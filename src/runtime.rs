@@ -12,6 +12,7 @@ use crate::iface::{Iface, IfaceError};
 use crate::metrics::{self, Registry, ShardMetrics};
 use crate::ports::{self, Reservation, ReserveError};
 use crate::rss::{self, RssConfig, RssSteering};
+use crate::resolver::Resolver;
 use crate::shard::flow::FlowMap;
 use crate::shard::handoff::Exchange;
 use crate::shard::neighbors::Neighbors;
@@ -45,6 +46,13 @@ pub struct StackOptions {
     /// The NIC's RSS key and indirection table as the operator states them
     /// (`--rss-key`/`--rss-table`); None reads them from the NIC.
     pub rss: Option<RssConfig>,
+    /// Where the ISN/timestamp secret is kept across restarts.
+    pub state_dir: std::path::PathBuf,
+    /// Connections held in full by the whole process at most (split evenly
+    /// between the shards); SYNs beyond are dropped and counted.
+    pub max_connections: Option<usize>,
+    /// Per listening port: its passive connections at most (split too).
+    pub listener_limits: Vec<(u16, usize)>,
 }
 
 impl StackOptions {
@@ -61,6 +69,9 @@ impl StackOptions {
             grace: Duration::from_secs(10),
             mss: None,
             rss: None,
+            state_dir: crate::state::DEFAULT_STATE_DIR.into(),
+            max_connections: None,
+            listener_limits: Vec::new(),
         }
     }
 }
@@ -126,8 +137,8 @@ pub enum StartError {
     },
     #[error("could not start a shard thread: {0}")]
     Thread(std::io::Error),
-    #[error("no randomness for the ISN secret: {0}")]
-    Random(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// A running stack.
@@ -143,6 +154,7 @@ pub struct Running<A> {
     metrics_thread: Option<JoinHandle<()>>,
     metrics_stop: Arc<std::sync::atomic::AtomicBool>,
     xdp: Option<Arc<XdpProgram>>,
+    resolver: Option<Resolver>,
     _reservation: Reservation,
 }
 
@@ -186,6 +198,7 @@ impl<A> Running<A> {
             .drain(..)
             .filter_map(|t| t.join().ok())
             .collect();
+        self.resolver = None;
         self.metrics_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.metrics_thread.take() {
             let _ = t.join();
@@ -246,8 +259,10 @@ where
             shards,
         });
     }
-    let mut secret = [0u8; 16];
-    getrandom::fill(&mut secret).map_err(|e| StartError::Random(e.to_string()))?;
+    // Both before anything that sends: a restarted process must key and
+    // clock its ISNs and timestamps as its predecessor did.
+    crate::shard::clock::init();
+    let secret = crate::state::load_or_create_secret(&opts.state_dir)?;
     let reservation = ports::reserve(&opts.active_ports)?;
 
     let xdp = Arc::new(XdpProgram::attach(&iface.name, opts.xdp_mode)?);
@@ -267,6 +282,7 @@ where
     // answered before its replies are ours.
     xdp.enable(Some(iface.ipv4))?;
 
+    let resolver = Resolver::start(&iface, shards).map_err(StartError::Thread)?;
     let flows = match rss {
         Some(r) => FlowMap::with_rss(shards, opts.active_ports.clone(), r),
         None => FlowMap::new(shards, opts.active_ports.clone()),
@@ -285,6 +301,14 @@ where
         cfg.port_range = flows.port_slice(id);
         cfg.port_filter = flows.port_filter(id);
         cfg.mss = mss;
+        if let Some(max) = opts.max_connections {
+            cfg.max_connections = share(max, id, shards);
+        }
+        let listen_limits = opts
+            .listener_limits
+            .iter()
+            .map(|&(port, max)| (port, share(max, id, shards)))
+            .collect();
         let shard = Shard {
             id,
             xsk,
@@ -297,7 +321,9 @@ where
             },
             local_mac: iface.mac,
             local_ip: iface.ipv4,
-            neighbors: Neighbors::new(iface.clone()),
+            neighbors: Neighbors::new(resolver.link(id)),
+            unreachable: Vec::new(),
+            listen_limits,
             flows: flows.clone(),
             exchange: exchange.clone(),
             metrics: m,
@@ -335,6 +361,7 @@ where
         metrics_thread,
         metrics_stop,
         xdp: Some(xdp),
+        resolver: Some(resolver),
         _reservation: reservation,
     })
 }
@@ -423,4 +450,22 @@ fn rss_steering(
         cfg.source
     );
     Ok(Some(Arc::new(steering)))
+}
+
+/// Shard `id`'s part of a process-wide limit: the parts add up to `max`
+/// exactly (flows are spread over shards by RSS, so each gets its share).
+fn share(max: usize, id: usize, shards: usize) -> usize {
+    max / shards + usize::from(id < max % shards)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shares_of_a_limit_add_up_to_it() {
+        for (max, shards) in [(10, 3), (1, 2), (0, 4), (1_000_000, 7)] {
+            let parts: Vec<usize> = (0..shards).map(|i| super::share(max, i, shards)).collect();
+            assert_eq!(parts.iter().sum::<usize>(), max, "{parts:?}");
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
+        }
+    }
 }

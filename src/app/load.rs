@@ -295,6 +295,11 @@ impl App for Load {
                 self.report.failed_timeout += 1;
                 self.finish(id);
             }
+            Event::Unreachable => {
+                self.report.failed_other += 1;
+                self.last_error = Some("the target's MAC address could not be resolved".into());
+                self.finish(id);
+            }
             Event::Reset => {
                 self.report.failed_reset += 1;
                 self.finish(id);

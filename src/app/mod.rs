@@ -26,9 +26,26 @@ pub enum OpenError {
     Neighbor { ip: Ipv4Addr, reason: String },
 }
 
-/// Resolves the link-layer next hop of a destination before an active open.
+/// Whether an active open to an address can send its SYN.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// The next hop's MAC is known.
+    Ready,
+    /// Being resolved off the shard: the connect waits (its SYN is held).
+    Pending,
+    /// Known unreachable lately (or no room to wait): fail now.
+    Unreachable(String),
+}
+
+/// The link-layer next hop of a destination before an active open. Never
+/// blocks: resolution runs on another thread.
 pub trait NextHop {
-    fn ensure(&mut self, ip: Ipv4Addr) -> Result<(), String>;
+    fn prepare(&mut self, ip: Ipv4Addr, now: Instant) -> Readiness;
+    /// After `Pending`: the connect `id` waits for `ip`; false when the
+    /// pending list is full (the connect is then undone).
+    fn wait_for(&mut self, _id: ConnId, _ip: Ipv4Addr) -> bool {
+        true
+    }
 }
 
 /// What an app sees of its shard during one call.
@@ -93,15 +110,26 @@ impl Ctx<'_> {
     pub fn next_reuse_at(&mut self, remote: SocketAddrV4) -> Option<Instant> {
         self.ep.next_reuse_at(self.local_ip, remote)
     }
-    /// Opens a connection from this shard's address and port range.
+    /// Opens a connection from this shard's address and port range. When
+    /// the next hop is still being resolved the connect waits for it: the
+    /// SYN goes when the MAC arrives, or the app gets `Event::Unreachable`.
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, OpenError> {
-        self.next_hop
-            .ensure(*remote.ip())
-            .map_err(|reason| OpenError::Neighbor {
-                ip: *remote.ip(),
-                reason,
-            })?;
-        Ok(self.ep.connect(self.local_ip, remote, self.now)?)
+        let ip = *remote.ip();
+        let unreachable = |reason| OpenError::Neighbor { ip, reason };
+        match self.next_hop.prepare(ip, self.now) {
+            Readiness::Ready => Ok(self.ep.connect(self.local_ip, remote, self.now)?),
+            Readiness::Unreachable(reason) => Err(unreachable(reason)),
+            Readiness::Pending => {
+                let id = self.ep.connect(self.local_ip, remote, self.now)?;
+                if !self.next_hop.wait_for(id, ip) {
+                    let _ = self.ep.abort(id);
+                    return Err(unreachable(
+                        "too many connects are waiting for their next hop on this shard".into(),
+                    ));
+                }
+                Ok(id)
+            }
+        }
     }
 }
 

@@ -20,6 +20,13 @@ impl Config {
         opts.tcp.reuse_delay = self.upstream.reuse_delay;
         opts.tcp.max_time_wait = self.upstream.max_time_wait;
         opts.grace = self.timeouts.drain;
+        opts.max_connections = self.max_connections;
+        opts.state_dir = self.state_dir.clone();
+        opts.listener_limits = self
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.port, l.max_connections?)))
+            .collect();
         opts
     }
 

@@ -47,6 +47,10 @@ pub struct Config {
     pub upstream: Upstream,
     pub health: Health,
     pub timeouts: Timeouts,
+    /// Connections held by the whole process at most (`max_connections`).
+    pub max_connections: Option<usize>,
+    /// Where the ISN/timestamp secret is kept (`state_dir`).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +59,8 @@ pub struct Listener {
     pub balance: Balance,
     /// In the order of the file (Maglev's table depends on it).
     pub backends: Vec<BackendSettings>,
+    /// Client connections held at once at most (`max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 /// Connections from the sidecar to backends: local ports and TIME_WAIT.

@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -102,6 +102,11 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         upstream,
         health,
         timeouts,
+        max_connections: raw.max_connections.as_ref().map(|m| *m.get_ref() as usize),
+        state_dir: raw.state_dir.as_ref().map_or_else(
+            || crate::state::DEFAULT_STATE_DIR.into(),
+            |d| PathBuf::from(d.get_ref()),
+        ),
     })
 }
 
@@ -243,6 +248,7 @@ fn listener(
         port,
         balance,
         backends,
+        max_connections: l.max_connections.as_ref().map(|m| *m.get_ref() as usize),
     })
 }
 

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub upstream: Option<Spanned<RawUpstream>>,
     pub health: Option<Spanned<RawHealth>>,
     pub timeouts: Option<Spanned<RawTimeouts>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub state_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +29,7 @@ pub struct RawListener {
     pub port: Spanned<u16>,
     pub balance: Option<Spanned<String>>,
     pub backends: Spanned<Vec<Spanned<String>>>,
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -12,19 +12,19 @@ pub mod flow;
 pub mod handoff;
 pub mod neighbors;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use crate::app::{App, Ctx};
 use crate::metrics::ShardMetrics;
-use crate::tcp::{Endpoint, Instant};
-use crate::wire::{self, DATA_PAYLOAD_AT, FrameMeta, ParsedFrame};
+use crate::tcp::{ConnId, Endpoint, Event, FourTuple, Instant};
+use crate::wire::{self, DATA_PAYLOAD_AT, FrameMeta, ParsedFrame, TcpFlags};
 use crate::xsk::{SendOutcome, XskSocket};
 use flow::FlowMap;
 use handoff::Exchange;
-use neighbors::Neighbors;
+use neighbors::{Hop, Neighbors};
 
 /// Run state shared by the runtime and every shard.
 pub const RUNNING: u8 = 0;
@@ -58,6 +58,10 @@ pub struct Shard<A: App> {
     /// Shards with no connection left (or out of grace) while draining.
     pub drained: Arc<std::sync::atomic::AtomicUsize>,
     pub core: Option<core_affinity::CoreId>,
+    /// Scratch for connects that failed `unreachable` (reused, no allocation).
+    pub unreachable: Vec<ConnId>,
+    /// This shard's share of listeners' `max_connections`.
+    pub listen_limits: Vec<(u16, usize)>,
 }
 
 impl<A: App> Shard<A> {
@@ -70,7 +74,10 @@ impl<A: App> Shard<A> {
             tracing::warn!(shard = self.id, ?core, "could not pin shard thread");
         }
         for &port in &self.ports {
-            self.endpoint.listen(port);
+            match self.listen_limits.iter().find(|(p, _)| *p == port) {
+                Some(&(_, max)) => self.endpoint.listen_limited(port, max),
+                None => self.endpoint.listen(port),
+            }
         }
         let now = clock::now();
         self.with_ctx(now, |app, ctx| app.on_start(ctx));
@@ -138,9 +145,37 @@ impl<A: App> Shard<A> {
         f(&mut self.app, &mut ctx)
     }
 
+    /// The neighbour table's pass: answers from the resolver, frames held
+    /// for them, connects that waited in vain.
+    fn neighbor_pass(&mut self, now: Instant) -> usize {
+        self.neighbors.poll(now);
+        let xsk = &mut self.xsk;
+        let mut work = self.neighbors.release(|frame| {
+            matches!(
+                xsk.send_with(|buf| {
+                    buf[..frame.len()].copy_from_slice(frame);
+                    Some(frame.len())
+                }),
+                SendOutcome::Queued
+            )
+        });
+        let mut failed = std::mem::take(&mut self.unreachable);
+        self.neighbors.take_failed(&mut failed);
+        for id in failed.drain(..) {
+            // Still the app's: abort (nothing was sent, so no RST) and tell it.
+            if self.endpoint.state(id).is_some() && self.endpoint.abort(id).is_ok() {
+                self.with_ctx(now, |app, ctx| app.on_event(ctx, id, Event::Unreachable));
+                work += 1;
+            }
+        }
+        self.unreachable = failed;
+        work
+    }
+
     /// One pass; returns a measure of the work done (0 = idle).
     fn pass(&mut self, now: Instant) -> usize {
         let mut work = self.receive(now);
+        work += self.neighbor_pass(now);
         while let Some(h) = self.exchange.recv(self.id) {
             // Parsed (and checked) once more: cheap next to the copy, and
             // the owner never trusts another shard's view of its frame.
@@ -220,13 +255,18 @@ impl<A: App> Shard<A> {
         let mut sent = 0;
         loop {
             let mut no_neighbor = false;
+            let mut held = false;
             let outcome = xsk.send_with(|buf| {
-                // The payload goes where a timestamped segment's headers end,
-                // so the common case builds without moving it.
                 let t = endpoint.poll_transmit(now, &mut buf[DATA_PAYLOAD_AT..])?;
-                let Some(dst_mac) = neighbors.get(t.remote) else {
-                    no_neighbor = true;
-                    return None;
+                let (dst_mac, hold) = match neighbors.hop(t.remote) {
+                    Hop::Mac(mac) => (mac, false),
+                    // Built with a blank MAC, kept aside (copied out of the
+                    // UMEM frame), patched and sent when the MAC arrives.
+                    Hop::Hold => ([0; 6], true),
+                    Hop::Unknown => {
+                        no_neighbor = true;
+                        return None;
+                    }
                 };
                 let meta = FrameMeta {
                     src_mac: *local_mac,
@@ -234,13 +274,21 @@ impl<A: App> Shard<A> {
                     src_ip: t.local,
                     dst_ip: t.remote,
                 };
-                wire::build_frame(buf, &meta, &t.tcp, DATA_PAYLOAD_AT, t.payload_len).ok()
+                let len =
+                    wire::build_frame(buf, &meta, &t.tcp, DATA_PAYLOAD_AT, t.payload_len).ok()?;
+                if hold {
+                    held = true;
+                    no_neighbor = !neighbors.hold(t.remote, &buf[..len]);
+                    return None;
+                }
+                Some(len)
             });
             match outcome {
                 SendOutcome::Queued => sent += 1,
                 SendOutcome::Nothing if no_neighbor => {
                     ShardMetrics::add(&metrics.tx_no_neighbor, 1);
                 }
+                SendOutcome::Nothing if held => {}
                 SendOutcome::Nothing => break,
                 SendOutcome::NoFrame => {
                     ShardMetrics::add(&metrics.tx_no_frame, 1);
@@ -280,11 +328,45 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.buffer_pool_in_use, pool.in_use_bytes as u64);
         ShardMetrics::set(&m.buffer_pool_allocated, pool.allocated_bytes as u64);
         ShardMetrics::set(&m.buffer_pool_exhausted, pool.exhausted);
+        ShardMetrics::set(
+            &m.syn_dropped_max_connections,
+            e.syn_dropped_max_connections,
+        );
+        ShardMetrics::set(&m.syn_dropped_syn_queue, e.syn_queue_overflow);
+        ShardMetrics::set(&m.syn_dropped_accept_queue, e.accept_queue_overflow);
+        ShardMetrics::set(&m.syn_cookies_sent, e.syn_cookies_sent);
+        ShardMetrics::set(&m.syn_cookies_accepted, e.syn_cookies_accepted);
+        ShardMetrics::set(&m.syn_cookies_rejected, e.syn_cookies_rejected);
+        ShardMetrics::set(&m.syn_cookies_no_overflow, e.syn_cookies_no_overflow);
+        ShardMetrics::set(&m.challenge_acks_suppressed, e.challenge_acks_suppressed);
+        let n = &self.neighbors;
+        ShardMetrics::set(&m.connect_unreachable, n.stats.connect_unreachable);
+        ShardMetrics::set(&m.neighbors_kernel, n.kernel_len() as u64);
+        ShardMetrics::set(&m.neighbors_learned, n.learned_len() as u64);
+        ShardMetrics::set(&m.neighbor_waiting, n.pending_len() as u64);
+        ShardMetrics::set(&m.neighbor_resolved, n.stats.resolved);
+        ShardMetrics::set(&m.neighbor_failed, n.stats.resolve_failed);
+        ShardMetrics::set(&m.neighbor_moved, n.stats.moved);
+        ShardMetrics::set(&m.neighbor_learn_full, n.stats.learn_full);
+        ShardMetrics::set(&m.neighbor_held_dropped, n.stats.held_dropped);
     }
 }
 
+/// One segment to the engine. Its source MAC is where a reply goes if
+/// nothing better is known (`note`); it is learned for the peer only once
+/// the engine holds the segment's flow synchronized (`confirm`): a forged
+/// SYN or stray ACK teaches nothing.
 #[inline]
 fn deliver(ep: &mut Endpoint, neighbors: &mut Neighbors, p: &ParsedFrame<'_>, now: Instant) {
-    neighbors.learn(p.meta.src_ip, p.meta.src_mac);
-    ep.handle_segment(p.meta.dst_ip, p.meta.src_ip, &p.tcp, p.payload, now);
+    let (src, mac) = (p.meta.src_ip, p.meta.src_mac);
+    neighbors.note(src, mac);
+    ep.handle_segment(p.meta.dst_ip, src, &p.tcp, p.payload, now);
+    let f = p.tcp.flags;
+    if f.contains(TcpFlags::ACK) && !f.intersects(TcpFlags::SYN | TcpFlags::RST) {
+        let tuple = FourTuple {
+            local: SocketAddrV4::new(p.meta.dst_ip, p.tcp.dst_port),
+            remote: SocketAddrV4::new(src, p.tcp.src_port),
+        };
+        neighbors.confirm(src, mac, now, || ep.state_of(&tuple).is_synchronized());
+    }
 }

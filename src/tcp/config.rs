@@ -82,12 +82,16 @@ pub struct Config {
     pub reuse: bool,
     /// Minimum age of a TIME_WAIT entry before its tuple may be reused by an active open.
     pub reuse_delay: Duration,
-    /// RFC 5961 7: challenge ACKs per second, per connection (and once more for the
-    /// stateless replies of TIME_WAIT entries, shared by them).
+    /// RFC 5961 7: challenge ACKs per second, per connection (and, for the
+    /// stateless replies of TIME_WAIT entries, the middle of a budget drawn at
+    /// random each second between half and one and a half times this).
     pub challenge_ack_limit: u32,
     /// Orphaned FIN_WAIT_2 (application closed, peer never sends its FIN) lasts this
     /// long (Linux tcp_fin_timeout = 60 s).
     pub fin_wait2_timeout: Duration,
+    /// Connections held in full (any state but TIME_WAIT) beyond which new
+    /// SYNs are dropped, like a full backlog; `usize::MAX`: no limit.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -118,6 +122,7 @@ impl Default for Config {
             reuse_delay: Duration::from_secs(1),
             challenge_ack_limit: 10,
             fin_wait2_timeout: Duration::from_secs(60),
+            max_connections: usize::MAX,
         }
     }
 }

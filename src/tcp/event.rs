@@ -29,6 +29,10 @@ pub enum Event {
     TimedOut,
     /// The peer answered our SYN with a RST.
     Refused,
+    /// Our active open never left: its next hop's MAC could not be resolved.
+    /// Never produced by this engine (it sends no frames); the shard reports
+    /// it after aborting the connection.
+    Unreachable,
 }
 
 /// One segment to put on the wire: the IPv4 addresses, the TCP header and

@@ -14,6 +14,7 @@ const DOMAIN_ISN: u8 = 1;
 const DOMAIN_TS: u8 = 2;
 const DOMAIN_PORT: u8 = 3;
 const DOMAIN_COOKIE: u8 = 4;
+const DOMAIN_CHALLENGE: u8 = 5;
 
 /// The endpoint's secret, turned into the keyed functions the engine needs.
 #[derive(Clone)]
@@ -34,6 +35,14 @@ impl Keys {
         b[1..13].copy_from_slice(tuple);
         b[13..21].copy_from_slice(&extra.to_le_bytes());
         self.sip.hash(&b)
+    }
+
+    /// The challenge-ACK budget of TIME-WAIT entries for `second`: in
+    /// [limit/2, limit/2 + limit), unpredictable without the secret.
+    pub(crate) fn challenge_budget(&self, second: u32, limit: u32) -> u32 {
+        let half = limit.div_ceil(2);
+        half + (self.hash(DOMAIN_CHALLENGE, &[0; 12], u64::from(second)) % u64::from(limit.max(1)))
+            as u32
     }
 
     /// RFC 6528 3: ISN = M + F(localip, localport, remoteip, remoteport, secretkey),

@@ -35,6 +35,12 @@ pub struct Stats {
     pub syn_cookies_accepted: u64,
     pub syn_cookies_rejected: u64,
     pub syn_queue_overflow: u64,
+    /// Bare ACKs to a listener that did not overflow lately: cookies are not
+    /// even checked (answered with a RST, as Linux does).
+    pub syn_cookies_no_overflow: u64,
+    /// SYNs dropped because the endpoint or the listener holds its
+    /// `max_connections`.
+    pub syn_dropped_max_connections: u64,
     pub accept_queue_overflow: u64,
     /// Segments dropped, by reason.
     pub dropped_segments: u64,

@@ -20,6 +20,11 @@ const PERIOD_SECS: u64 = 64;
 const MAX_AGE: u32 = 2;
 const WS_NONE: u32 = 0xf;
 
+/// How long a cookie we sent can still come back valid: a listener that
+/// overflowed within this long validates cookies, any other drops them.
+pub(crate) const LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs((MAX_AGE as u64 + 1) * PERIOD_SECS);
+
 fn count_at(now: Instant) -> u32 {
     (now.as_micros() / 1_000_000 / PERIOD_SECS) as u32
 }

@@ -466,7 +466,7 @@ impl Proxy {
                 self.legs.remove(&s.client);
                 self.finish_if_done(sid);
             }
-            Event::Reset | Event::TimedOut | Event::Refused => {
+            Event::Reset | Event::TimedOut | Event::Refused | Event::Unreachable => {
                 s.client_gone = true;
                 if s.upstream.is_some() && !s.upstream_gone {
                     ProxyStats::bump(&self.shared.stats.resets_propagated);
@@ -503,16 +503,19 @@ impl Proxy {
                 }
                 self.finish_if_done(sid);
             }
-            Event::Refused | Event::TimedOut | Event::Reset if s.relayed == 0 => {
+            Event::Refused | Event::TimedOut | Event::Reset | Event::Unreachable
+                if s.relayed == 0 =>
+            {
                 s.upstream_gone = true;
                 let why = match event {
                     Event::Refused => Failure::Refused,
                     Event::TimedOut => Failure::Timeout,
+                    Event::Unreachable => Failure::Unreachable,
                     _ => Failure::Reset,
                 };
                 self.retry(ctx, sid, why);
             }
-            Event::Refused | Event::TimedOut | Event::Reset => {
+            Event::Refused | Event::TimedOut | Event::Reset | Event::Unreachable => {
                 s.upstream_gone = true;
                 if !s.client_gone {
                     ProxyStats::bump(&self.shared.stats.resets_propagated);
@@ -611,6 +614,9 @@ impl Proxy {
                 // Our port range is busy: says nothing about the backend.
                 Err(OpenError::Connect(ConnectError::NoPort | ConnectError::TupleInUse)) => {}
                 Err(e) => {
+                    if matches!(e, OpenError::Neighbor { .. }) {
+                        backend.failed(Failure::Unreachable);
+                    }
                     let why = e.to_string();
                     record(&self.shared, h, backend, probe, false, &why);
                 }
@@ -622,6 +628,14 @@ impl Proxy {
         let ok = match event {
             Event::Connected => true,
             Event::Refused | Event::Reset | Event::TimedOut | Event::Closed => false,
+            // Counted with the backend's failures too: a health check that
+            // finds no next hop is the first sign of a dead host.
+            Event::Unreachable => {
+                if let Some(b) = self.routes.checked.iter().find(|b| b.addr == addr) {
+                    b.failed(Failure::Unreachable);
+                }
+                false
+            }
             _ => return,
         };
         self.probe_ids.remove(&id);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::pool::{Failure, Routes};
 use super::{Proxy, Shared};
-use crate::app::{App, Ctx, NextHop};
+use crate::app::{App, Ctx, NextHop, Readiness};
 use crate::config::Config;
 use crate::tcp::{self, ConnId, Endpoint, Event, Instant};
 
@@ -23,8 +23,8 @@ const BACKEND_PORT: u16 = 8080;
 
 struct Hop;
 impl NextHop for Hop {
-    fn ensure(&mut self, _ip: Ipv4Addr) -> Result<(), String> {
-        Ok(())
+    fn prepare(&mut self, _ip: Ipv4Addr, _now: Instant) -> Readiness {
+        Readiness::Ready
     }
 }
 

@@ -43,6 +43,8 @@ struct Slot {
     /// Bookkeeping of what the counters currently include for this connection.
     counted_established: bool,
     in_syn_queue: bool,
+    /// Counted in its listener's `connections`.
+    counted_listener: bool,
 }
 
 /// What [`Endpoint::buffer_pool`] reports.
@@ -73,7 +75,8 @@ pub struct Endpoint {
     /// Storage of every connection's buffers, lent in chunks as bytes arrive.
     pool: ChunkPool,
     established: usize,
-    /// RFC 5961 7 limiter shared by the stateless replies of TIME-WAIT entries.
+    /// RFC 5961 7 limiter of the stateless replies of TIME-WAIT entries: the
+    /// second it is for, and what is left of that second's randomized budget.
     tw_ack_second: u32,
     tw_ack_count: u32,
     /// The latest time seen in an input; application calls (which take no time)
@@ -103,7 +106,7 @@ impl Endpoint {
             stats: Stats::default(),
             pool: ChunkPool::new(config.buffer_pool_budget),
             established: 0,
-            tw_ack_second: 0,
+            tw_ack_second: u32::MAX,
             tw_ack_count: 0,
             last_now: Instant::ZERO,
             config,
@@ -117,6 +120,12 @@ impl Endpoint {
     /// Accept connections to `port` on any local address.
     pub fn listen(&mut self, port: u16) {
         self.listeners.entry(port).or_default();
+    }
+
+    /// Like [`Endpoint::listen`], holding at most `max` passive connections
+    /// of `port` at a time (SYNs beyond are dropped and counted).
+    pub fn listen_limited(&mut self, port: u16, max: usize) {
+        self.listeners.entry(port).or_default().max_connections = max;
     }
 
     /// Stop accepting on `port`; connections already made are unaffected.
@@ -485,6 +494,7 @@ impl Endpoint {
             conn: None,
             counted_established: false,
             in_syn_queue: false,
+            counted_listener: false,
         });
         Some((i, 0))
     }
@@ -506,7 +516,16 @@ impl Endpoint {
         slot.conn = Some(conn);
         slot.counted_established = false;
         slot.in_syn_queue = false;
+        slot.counted_listener = false;
         self.after_call(index, now, true);
+    }
+
+    /// A passive open of listener `port` was installed at `index`.
+    fn count_passive(&mut self, index: u32, port: u16) {
+        if let Some(l) = self.listeners.get_mut(&port) {
+            l.connections += 1;
+            self.slots[index as usize].counted_listener = true;
+        }
     }
 
     /// After anything touched connection `index`: keep counters, free or compact
@@ -588,6 +607,12 @@ impl Endpoint {
             slot.in_syn_queue = false;
             if let Some(l) = self.listeners.get_mut(&conn.tuple.local.port()) {
                 l.syn_queue = l.syn_queue.saturating_sub(1);
+            }
+        }
+        if slot.counted_listener {
+            slot.counted_listener = false;
+            if let Some(l) = self.listeners.get_mut(&conn.tuple.local.port()) {
+                l.connections = l.connections.saturating_sub(1);
             }
         }
         self.free_slots.push(index);

@@ -38,13 +38,22 @@ impl Endpoint {
                     .listeners
                     .get(&tuple.local.port())
                     .is_some_and(|l| l.accept_queue_full(self.config.accept_backlog));
-                if full {
+                if full || self.at_connection_limit(tuple.local.port()) {
                     // Possibly a cookie we cannot take now: drop, the peer retries.
                     self.stats.accept_queue_overflow += 1;
                     self.stats.dropped_segments += 1;
                     return;
                 }
-                if self.cookie_ack(tuple, seg, payload, now) {
+                let recent = self
+                    .listeners
+                    .get(&tuple.local.port())
+                    .is_some_and(|l| l.recent_overflow(now));
+                if !recent {
+                    // Linux validates cookies only after a recent SYN-queue
+                    // overflow: otherwise no cookie of ours can be out there,
+                    // and checking would give forged ACKs a 2^-24 chance.
+                    self.stats.syn_cookies_no_overflow += 1;
+                } else if self.cookie_ack(tuple, seg, payload, now) {
                     return;
                 }
             }
@@ -63,6 +72,13 @@ impl Endpoint {
         let Some(listener) = self.listeners.get(&port).copied() else {
             return;
         };
+        if self.at_connection_limit(port) {
+            // What the kernel does with a full backlog: drop the SYN, so
+            // the client retries later (no RST: it would look refused).
+            self.stats.syn_dropped_max_connections += 1;
+            self.stats.dropped_segments += 1;
+            return;
+        }
         if listener.accept_queue_full(self.config.accept_backlog) {
             // Like Linux: no new handshakes while completed ones wait.
             self.stats.accept_queue_overflow += 1;
@@ -71,6 +87,9 @@ impl Endpoint {
         }
         if listener.syn_queue_full(self.config.syn_backlog) {
             if self.config.syn_cookies {
+                if let Some(l) = self.listeners.get_mut(&port) {
+                    l.last_overflow = Some(now);
+                }
                 self.send_cookie_synack(tuple, seg, now);
             } else {
                 self.stats.syn_queue_overflow += 1;
@@ -105,6 +124,13 @@ impl Endpoint {
             now,
         );
         self.install(index, conn, now);
+        self.count_passive(index, port);
+    }
+
+    /// The endpoint's or `port`'s listener's `max_connections` is reached.
+    fn at_connection_limit(&self, port: u16) -> bool {
+        self.by_tuple.len() >= self.config.max_connections
+            || self.listeners.get(&port).is_some_and(|l| l.at_limit())
     }
 
     /// The SYN queue is full: answer statelessly with a cookie SYN+ACK.
@@ -206,6 +232,7 @@ impl Endpoint {
         conn.rcv_adv = conn.rcv_nxt + self.config.recv_buffer.min(0xffff) as u32;
         conn.state = State::SynReceived;
         self.install(index, conn, now);
+        self.count_passive(index, tuple.local.port());
         let slot = &mut self.slots[index as usize];
         if let Some(conn) = slot.conn.as_mut() {
             let mut ctx = Ctx {

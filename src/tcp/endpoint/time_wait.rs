@@ -63,15 +63,23 @@ impl Endpoint {
         self.recycle(conn, true);
     }
 
-    /// RFC 5961 7 for TIME-WAIT entries: one budget shared by all of them.
+    /// RFC 5961 7 for TIME-WAIT entries: "An implementation SHOULD include an
+    /// ACK throttling mechanism". A budget shared by all entries, but drawn
+    /// anew each second between limit/2 and 1.5 x limit, keyed by the secret
+    /// (Linux's fix of CVE-2016-5696, commit 75ff39ccc1bd): an off-path
+    /// attacker counting our challenge ACKs cannot tell how many of the
+    /// budget its own probes used, so the shared counter leaks nothing.
     fn time_wait_ack_allowed(&mut self, now: Instant) -> bool {
         let second = (now.as_micros() / 1_000_000) as u32;
         if second != self.tw_ack_second {
             self.tw_ack_second = second;
-            self.tw_ack_count = 0;
+            // What is left of this second's budget.
+            self.tw_ack_count = self
+                .keys
+                .challenge_budget(second, self.config.challenge_ack_limit);
         }
-        if self.tw_ack_count < self.config.challenge_ack_limit {
-            self.tw_ack_count += 1;
+        if self.tw_ack_count > 0 {
+            self.tw_ack_count -= 1;
             true
         } else {
             self.stats.challenge_acks_suppressed += 1;

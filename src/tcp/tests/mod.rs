@@ -8,6 +8,7 @@ mod close;
 mod fixture;
 mod handshake;
 mod hostile;
+mod limits;
 mod pair;
 mod reliability;
 mod rfc5961;
