@@ -54,13 +54,19 @@ pub struct Config {
     pub upstream: Upstream,
     pub health: Health,
     pub timeouts: Timeouts,
+    /// Seeds the Maglev tables: instances of one fleet share it, so they
+    /// send a client to the same backend.
+    pub maglev_seed: u64,
+    /// After SIGTERM, how long /ready says 503 while new connections are
+    /// still served (for routes to converge), before the drain.
+    pub announce_grace: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub port: u16,
     pub balance: Balance,
-    /// In the order of the file (Maglev's table depends on it).
+    /// In the order of the file (Maglev's table does not depend on it).
     pub backends: Vec<SocketAddrV4>,
 }
 
@@ -176,6 +182,8 @@ struct RawConfig {
     upstream: Option<Spanned<RawUpstream>>,
     health: Option<Spanned<RawHealth>>,
     timeouts: Option<Spanned<RawTimeouts>>,
+    maglev_seed: Option<u64>,
+    announce_grace_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -562,6 +570,14 @@ impl Config {
             upstream,
             health,
             timeouts,
+            maglev_seed: raw.maglev_seed.unwrap_or(0),
+            announce_grace: millis(
+                &src,
+                raw.announce_grace_ms.as_ref(),
+                "announce_grace_ms",
+                0,
+                Duration::ZERO,
+            )?,
         })
     }
 
@@ -587,8 +603,8 @@ impl Config {
 
     /// Whether `new` may replace `self` in a running sidecar.
     ///
-    /// Reloadable (SIGHUP): each listener's backends and balance, `[health]`
-    /// and `[timeouts]` (new values apply to new connections and the next
+    /// Reloadable (SIGHUP): each listener's backends and balance, `[health]`,
+    /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
     /// checks). Not reloadable (the datapath is built around them, restart
     /// to change): `interface`, `queues`, `xdp_mode`, `metrics`, the set of
     /// listener ports and everything in `[upstream]`.
