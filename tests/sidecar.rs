@@ -538,6 +538,28 @@ print(" ".join(rows))
             assert_eq!(now, was, "client {src} of {was} moved to {now}");
         }
     }
+    // After that history (a rejected reload, a removal), the live table is
+    // byte for byte what a fresh build of the current file gives.
+    let live = lab
+        .topo
+        .server
+        .sh_ok(&format!("curl -s --max-time 5 http://{METRICS}/maglev"))
+        .expect("GET /maglev");
+    let fresh = std::process::Command::new(BIN)
+        .args(["maglev-table", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("turnstile maglev-table");
+    assert!(fresh.status.success());
+    assert!(
+        live.starts_with("listener 8080\nmaglev size=65537 seed=0 backends=2\n"),
+        "{}",
+        &live[..live.len().min(200)]
+    );
+    assert!(
+        live.as_bytes() == fresh.stdout.as_slice(),
+        "live and fresh tables differ"
+    );
     lab.stop_sidecar();
 }
 
@@ -1027,5 +1049,152 @@ print(ok, len(fails), "%.1f" % (time.time() - t), repr(fails[:3]))
     assert!(
         elapsed < Duration::from_secs(120),
         "100k connections took {elapsed:?}"
+    );
+}
+
+fn ready_status(lab: &Lab) -> String {
+    lab.topo
+        .server
+        .sh_ok(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://{METRICS}/ready"
+        ))
+        .unwrap_or_default()
+}
+
+/// `/ready` follows the backends and SIGTERM; through `announce_grace_ms`
+/// new connections are still served, then the sidecar drains and exits.
+#[test]
+fn sidecar_ready_follows_backends_and_sigterm_serves_through_the_announce_grace() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new("ready", 0);
+    lab.start_backend(0, "http");
+    lab.start_backend(1, "http");
+    let grace_ms = 3000u64;
+    let cfg = lab.write_config(
+        "ready.toml",
+        &format!(
+            "announce_grace_ms = {grace_ms}\n{}",
+            lab.config(
+                "round-robin",
+                &[0, 1],
+                "[health]\ninterval_ms = 100\nfall = 2\nrise = 1\n"
+            )
+        ),
+    );
+    lab.start_sidecar(&cfg);
+    assert_eq!(ready_status(&lab), "200");
+    let healthz = lab
+        .topo
+        .server
+        .sh_ok(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' http://{METRICS}/healthz"
+        ))
+        .unwrap();
+    assert_eq!(healthz, "200");
+
+    // Every backend down: 503; one back: 200.
+    lab.kill_backend(0);
+    lab.kill_backend(1);
+    assert!(
+        eventually(Duration::from_secs(10), || ready_status(&lab) == "503"),
+        "/ready stayed up without backends"
+    );
+    lab.start_backend(1, "http");
+    assert!(
+        eventually(Duration::from_secs(10), || ready_status(&lab) == "200"),
+        "/ready did not come back with a backend"
+    );
+
+    // SIGTERM under a steady stream of new connections.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let (out, sigterm_at, ready_after_ms, exited_after_ms) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            lab.python(
+                r#"
+end = time.time() + 7.0
+while time.time() < end:
+    t = time.time()
+    try:
+        get(timeout=2)
+        print("%.3f ok" % t)
+    except Exception as e:
+        print("%.3f err" % t)
+    time.sleep(0.02)
+"#,
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let sigterm_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = Instant::now();
+        lab.signal(libc::SIGTERM);
+        let mut ready_after = None;
+        let mut exited_after = None;
+        while start.elapsed() < Duration::from_secs(15) && exited_after.is_none() {
+            if ready_after.is_none() && ready_status(&lab) == "503" {
+                ready_after = Some(start.elapsed().as_millis() as u64);
+            }
+            // SAFETY: kill(pid, 0) only checks that our child exists.
+            let pid = lab.sidecar_pid();
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, without blocking.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                exited_after = Some(start.elapsed().as_millis() as u64);
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "exit status {status}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (
+            client.join().unwrap(),
+            sigterm_at,
+            ready_after,
+            exited_after,
+        )
+    });
+    // The child was reaped above.
+    std::mem::forget(lab.sidecar.take());
+    let ready_after_ms = ready_after_ms.expect("/ready never said 503 after SIGTERM");
+    let exited_after_ms = exited_after_ms.expect("no exit after SIGTERM");
+    assert!(
+        ready_after_ms < 1000,
+        "/ready took {ready_after_ms} ms to say 503"
+    );
+    assert!(
+        exited_after_ms >= grace_ms,
+        "exited {exited_after_ms} ms after SIGTERM, before the {grace_ms} ms grace"
+    );
+    // Connections started from SIGTERM until 300 ms before the grace ends
+    // were all served.
+    let mut in_grace = 0;
+    for line in out.lines() {
+        let (t, r) = line.split_once(' ').unwrap();
+        let t: f64 = t.parse().unwrap();
+        assert!(t >= t0 - 1.0);
+        if t >= sigterm_at && t < sigterm_at + (grace_ms as f64 - 300.0) / 1000.0 {
+            assert_eq!(
+                r,
+                "ok",
+                "a new connection at +{:.3} s failed during the grace",
+                t - sigterm_at
+            );
+            in_grace += 1;
+        }
+    }
+    assert!(
+        in_grace >= 20,
+        "only {in_grace} connections during the grace:\n{out}"
+    );
+    eprintln!(
+        "/ready 503 after {ready_after_ms} ms; {in_grace} new connections served during the grace; exit after {exited_after_ms} ms"
     );
 }
