@@ -64,6 +64,9 @@ pub struct Config {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
+    /// A virtual IP served instead of the interface's own address (the
+    /// kernel need not have it). Several listeners may share one.
+    pub address: Option<std::net::Ipv4Addr>,
     pub port: u16,
     pub balance: Balance,
     /// In the order of the file (Maglev's table does not depend on it).
@@ -189,6 +192,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
+    address: Option<Spanned<String>>,
     port: Spanned<u16>,
     balance: Option<Spanned<Balance>>,
     backends: Spanned<Vec<Spanned<String>>>,
@@ -550,7 +554,35 @@ impl Config {
                 }
                 backends.push(addr);
             }
+            let address = match &l.address {
+                None => None,
+                Some(a) => {
+                    let ip: std::net::Ipv4Addr = a.get_ref().trim().parse().map_err(|_| {
+                        src.at(
+                            a,
+                            format!(
+                                "listener.address = {:?}: not an IPv4 address (e.g. \"198.18.0.100\")",
+                                a.get_ref()
+                            ),
+                        )
+                    })?;
+                    if ip.is_unspecified()
+                        || ip.is_broadcast()
+                        || ip.is_multicast()
+                        || ip.is_loopback()
+                    {
+                        return Err(src.at(
+                            a,
+                            format!(
+                                "listener.address = {ip}: not a unicast address clients can reach"
+                            ),
+                        ));
+                    }
+                    Some(ip)
+                }
+            };
             listeners.push(Listener {
+                address,
                 port,
                 balance: l
                     .balance
@@ -598,6 +630,11 @@ impl Config {
         opts.tcp.reuse_delay = self.upstream.reuse_delay;
         opts.tcp.max_time_wait = self.upstream.max_time_wait;
         opts.grace = self.timeouts.drain;
+        opts.addresses = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.address.map(|a| (a, l.port)))
+            .collect();
         opts
     }
 
@@ -635,6 +672,15 @@ impl Config {
             return Err(format!(
                 "listener ports changed ({old_ports:?} -> {new_ports:?}): {restart}"
             ));
+        }
+        let addresses = |c: &Config| {
+            let mut a: Vec<(Option<std::net::Ipv4Addr>, u16)> =
+                c.listeners.iter().map(|l| (l.address, l.port)).collect();
+            a.sort_unstable();
+            a
+        };
+        if addresses(new) != addresses(self) {
+            return Err(format!("a listener address changed: {restart}"));
         }
         if new.upstream != self.upstream {
             return Err(format!("[upstream] changed: {restart}"));

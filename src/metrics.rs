@@ -39,6 +39,7 @@ pub struct ShardMetrics {
     pub connections: AtomicU64,
     pub time_wait_expired: AtomicU64,
     pub rst_sent: AtomicU64,
+    pub rst_unknown_flow: AtomicU64,
     pub established: AtomicU64,
     pub time_wait: AtomicU64,
     pub accepted: AtomicU64,
@@ -268,6 +269,12 @@ impl Registry {
             "counter",
             "RST segments sent.",
             &[("", s(|m| &m.rst_sent))],
+        );
+        metric(
+            "turnstile_rst_unknown_flow_total",
+            "counter",
+            "RSTs answering segments of flows with no state here (e.g. moved by ECMP from another instance).",
+            &[("", s(|m| &m.rst_unknown_flow))],
         );
         metric(
             "turnstile_retransmits_total",
