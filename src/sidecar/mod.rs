@@ -52,7 +52,7 @@ pub struct Sidecar {
 impl Sidecar {
     pub fn new(config: Config) -> Self {
         let backends = Arc::new(BackendSet::default());
-        let routes = Routes::build(&config, &backends, None, 1);
+        let routes = Routes::build(&config.proxy_settings(), &backends, None, 1);
         Sidecar {
             config,
             backends,
@@ -110,7 +110,12 @@ impl Sidecar {
     fn publish(&mut self, config: &Config) {
         let prev = self.shared.routes.load();
         self.generation += 1;
-        let routes = Routes::build(config, &self.backends, Some(&prev), self.generation);
+        let routes = Routes::build(
+            &config.proxy_settings(),
+            &self.backends,
+            Some(&prev),
+            self.generation,
+        );
         self.shared.routes.store(routes);
     }
 }

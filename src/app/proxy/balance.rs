@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::maglev::client_key;
 use super::pool::Route;
-use crate::config::Balance;
+use super::settings::Balance;
 
 impl Route {
     /// The index in `backends` of the backend for this client's next
@@ -76,7 +76,7 @@ mod tests {
             list.join(", ")
         );
         let config = Config::parse(&text, Path::new("t.toml")).unwrap();
-        Routes::build(&config, set, None, 1)
+        Routes::build(&config.proxy_settings(), set, None, 1)
     }
 
     const THREE: [&str; 3] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
@@ -166,7 +166,7 @@ mod tests {
         // Rebuilt without it, clients of the other backends stay put.
         let config_text = "interface = \"eth0\"\n[[listener]]\nport = 80\nbalance = \"maglev\"\nbackends = [\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\"]\n";
         let config = Config::parse(config_text, Path::new("t.toml")).unwrap();
-        let rebuilt = Routes::build(&config, &set, Some(&r), 2);
+        let rebuilt = Routes::build(&config.proxy_settings(), &set, Some(&r), 2);
         assert!(!rebuilt.tables_stale());
         let route2 = rebuilt.route(80).unwrap();
         route.backends[b].set_up(true);

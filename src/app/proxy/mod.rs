@@ -25,6 +25,7 @@ pub mod balance;
 pub mod health;
 pub mod maglev;
 pub mod pool;
+pub mod settings;
 #[cfg(test)]
 mod tests;
 
@@ -37,10 +38,10 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use super::{App, Ctx, OpenError};
-use crate::config::Health;
 use crate::tcp::{ConnId, ConnectError, Event, Instant};
 use health::{HealthState, Transition};
 use pool::{Backend, Failure, RouteCell, Routes};
+use settings::Health;
 
 /// How often deadlines (connect, idle, health checks) are looked at.
 const SCAN_EVERY: Duration = Duration::from_millis(5);

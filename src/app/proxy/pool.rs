@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::maglev::{Maglev, TABLE_SIZE};
-use crate::config::{Balance, Config, Health, Timeouts};
+use super::settings::{Balance, Health, ProxySettings, Timeouts};
 
 /// Why a connection to a backend failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,20 +187,21 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// A snapshot of `config` with the current health of `set`, keeping
+    /// A snapshot of `settings` with the current health of `set`, keeping
     /// the round-robin positions of `prev` (Maglev tables are always built
     /// afresh: they depend only on the live set).
     pub fn build(
-        config: &Config,
+        settings: &ProxySettings,
         set: &BackendSet,
         prev: Option<&Routes>,
         generation: u64,
     ) -> Routes {
-        let routes = config
+        let routes = settings
             .listeners
             .iter()
             .map(|l| {
-                let backends: Vec<Arc<Backend>> = l.backends.iter().map(|&a| set.get(a)).collect();
+                let backends: Vec<Arc<Backend>> =
+                    l.backends.iter().map(|b| set.get(b.addr)).collect();
                 let old = prev.and_then(|p| p.route(l.port));
                 let maglev = (l.balance == Balance::Maglev).then(|| {
                     let mut live: Vec<usize> = (0..backends.len())
@@ -213,7 +214,7 @@ impl Routes {
                     // every instance of a fleet builds the same table.
                     let set: Vec<(SocketAddrV4, u32)> =
                         live.iter().map(|&i| (backends[i].addr, 1)).collect();
-                    let table = Maglev::build(&set, TABLE_SIZE, config.maglev_seed);
+                    let table = Maglev::build(&set, TABLE_SIZE, settings.maglev_seed);
                     let index = table
                         .backends()
                         .iter()
@@ -238,9 +239,9 @@ impl Routes {
         Routes {
             generation,
             routes,
-            health: config.health,
-            timeouts: config.timeouts,
-            checked: config
+            health: settings.health,
+            timeouts: settings.timeouts,
+            checked: settings
                 .all_backends()
                 .into_iter()
                 .map(|a| set.get(a))

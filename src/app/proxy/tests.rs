@@ -64,7 +64,12 @@ impl Sim {
         );
         let config = Config::parse(&text, Path::new("sim.toml")).unwrap();
         let set = super::pool::BackendSet::default();
-        let shared = Arc::new(Shared::new(Routes::build(&config, &set, None, 1)));
+        let shared = Arc::new(Shared::new(Routes::build(
+            &config.proxy_settings(),
+            &set,
+            None,
+            1,
+        )));
         let host = |ip: Ipv4Addr, seed: u8| {
             let mut cfg = tcp_config();
             cfg.port_range = 40000..=40999;
@@ -533,7 +538,7 @@ fn after_a_reload_new_connections_use_the_new_pool_and_old_ones_finish() {
     let set = super::pool::BackendSet::default();
     let prev = sim.shared.routes.load();
     sim.shared.routes.store(Routes::build(
-        &config,
+        &config.proxy_settings(),
         &set,
         Some(&prev),
         prev.generation + 1,

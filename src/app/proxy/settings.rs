@@ -1,0 +1,125 @@
+//! What the proxy runs by: its own settings types, independent of the
+//! configuration file's schema. The `config` module maps the TOML onto
+//! these (`Config::proxy_settings`); tests and other front-ends can build
+//! them directly.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+/// How a listener picks a backend for a new client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// Each new connection to the next backend in turn.
+    RoundRobin,
+    /// The backend with the fewest open proxied connections.
+    LeastConn,
+    /// Maglev consistent hashing of the client's IPv4 address.
+    Maglev,
+}
+
+impl Balance {
+    pub const ALL: [Balance; 3] = [Balance::RoundRobin, Balance::LeastConn, Balance::Maglev];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::Maglev => "maglev",
+        }
+    }
+
+    /// The inverse of [`Balance::as_str`].
+    pub fn from_name(name: &str) -> Option<Balance> {
+        Balance::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+/// One backend of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSettings {
+    pub addr: SocketAddrV4,
+}
+
+impl BackendSettings {
+    pub fn new(addr: SocketAddrV4) -> Self {
+        BackendSettings { addr }
+    }
+}
+
+/// One listener's pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSettings {
+    pub port: u16,
+    pub balance: Balance,
+    /// In the order of the file (Maglev's table does not depend on it).
+    pub backends: Vec<BackendSettings>,
+}
+
+/// Active health checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub interval: Duration,
+    /// A check that has not connected after this long failed.
+    pub timeout: Duration,
+    /// Consecutive failures before a backend is ejected.
+    pub fall: u32,
+    /// Consecutive successes before an ejected backend is readmitted.
+    pub rise: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            fall: 3,
+            rise: 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// An upstream connect not completed after this long is abandoned (and
+    /// retried on another backend).
+    pub connect: Duration,
+    /// A proxied connection with no byte either way for this long is reset
+    /// on both legs. `None`: never.
+    pub idle: Option<Duration>,
+    /// On SIGINT/SIGTERM, how long open connections may take to finish.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            idle: Some(Duration::from_secs(300)),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the proxy's routing snapshot is built from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxySettings {
+    pub listeners: Vec<ListenerSettings>,
+    pub health: Health,
+    pub timeouts: Timeouts,
+    /// Seeds the Maglev tables: instances of one fleet share it, so they
+    /// send a client to the same backend.
+    pub maglev_seed: u64,
+}
+
+impl ProxySettings {
+    /// Every backend of every listener, once, in first-seen order.
+    pub fn all_backends(&self) -> Vec<SocketAddrV4> {
+        let mut all: Vec<SocketAddrV4> = Vec::new();
+        for b in self.listeners.iter().flat_map(|l| &l.backends) {
+            if !all.contains(&b.addr) {
+                all.push(b.addr);
+            }
+        }
+        all
+    }
+}

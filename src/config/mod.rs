@@ -1,0 +1,120 @@
+//! The sidecar's configuration (`turnstile run --config FILE`): TOML read
+//! with serde, then validated. Every error names the file, the line and
+//! column, and the problem, on one line:
+//!
+//! ```text
+//! /etc/turnstile.toml:7:12: listener.backends: "10.0.0.300:80" is not an IPv4 address:port (e.g. "10.0.0.5:8080")
+//! ```
+//!
+//! By concern:
+//! - [`schema`]: the file as written (serde types; a new key is a field there),
+//! - `error`: byte spans to file:line:column errors,
+//! - `parse`: validation, schema to [`Config`] (one function per section),
+//! - `convert`: [`Config`] to what the stack and the proxy run by
+//!   ([`Config::stack_options`], [`Config::proxy_settings`]),
+//! - `reload`: what SIGHUP may change ([`Config::reload_check`]).
+
+mod convert;
+mod error;
+mod parse;
+mod reload;
+pub mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::app::proxy::settings::{BackendSettings, Balance, Health, Timeouts};
+use crate::xdp::XdpMode;
+pub use error::ConfigError;
+pub use parse::parse_port_range;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where it was read from (for messages).
+    pub file: PathBuf,
+    pub interface: String,
+    pub queues: Option<u32>,
+    pub xdp_mode: XdpMode,
+    pub metrics: Option<SocketAddr>,
+    pub listeners: Vec<Listener>,
+    pub upstream: Upstream,
+    pub health: Health,
+    pub timeouts: Timeouts,
+    /// Seeds the Maglev tables: instances of one fleet share it, so they
+    /// send a client to the same backend.
+    pub maglev_seed: u64,
+    /// After SIGTERM, how long /ready says 503 while new connections are
+    /// still served (for routes to converge), before the drain.
+    pub announce_grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// A virtual IP served instead of the interface's own address (the
+    /// kernel need not have it). Several listeners may share one.
+    pub address: Option<std::net::Ipv4Addr>,
+    pub port: u16,
+    pub balance: Balance,
+    /// In the order of the file (Maglev's table does not depend on it).
+    pub backends: Vec<BackendSettings>,
+}
+
+/// Connections from the sidecar to backends: local ports and TIME_WAIT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub ports: RangeInclusive<u16>,
+    pub msl: Duration,
+    pub reuse: bool,
+    pub reuse_delay: Duration,
+    pub max_time_wait: usize,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            // Outside Linux's default ip_local_port_range: nothing to reserve.
+            ports: crate::runtime::DEFAULT_ACTIVE_PORTS,
+            msl: Duration::from_secs(30),
+            reuse: true,
+            reuse_delay: Duration::from_secs(1),
+            max_time_wait: 262_144,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            file: path.display().to_string(),
+            err,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        parse::parse(text, file)
+    }
+
+    /// The listening ports, in file order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.listeners.iter().map(|l| l.port).collect()
+    }
+
+    /// Every backend of every listener, once, in first-seen order.
+    pub fn all_backends(&self) -> Vec<SocketAddrV4> {
+        let mut all: Vec<SocketAddrV4> = Vec::new();
+        for b in self.listeners.iter().flat_map(|l| &l.backends) {
+            if !all.contains(&b.addr) {
+                all.push(b.addr);
+            }
+        }
+        all
+    }
+}

@@ -1,0 +1,353 @@
+//! Validation: the file's schema to a [`Config`], one function per
+//! section, each error at the line of the value it is about.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Source;
+use super::schema::{RawConfig, RawHealth, RawListener, RawTimeouts, RawUpstream};
+use super::{BackendSettings, Balance, Config, ConfigError, Health, Listener, Timeouts, Upstream};
+use crate::xdp::XdpMode;
+
+pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let src = Source { file, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| src.syntax(&e))?;
+
+    let interface = raw.interface.get_ref().trim().to_string();
+    if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+        return Err(src.at(
+            &raw.interface,
+            format!(
+                "interface = {:?}: not an interface name (1-15 characters, see `ip link show`)",
+                raw.interface.get_ref()
+            ),
+        ));
+    }
+    let queues = match &raw.queues {
+        Some(q) if *q.get_ref() == 0 => {
+            return Err(src.at(
+                q,
+                "queues = 0: need at least 1 (or leave it out for every queue of the interface)",
+            ));
+        }
+        Some(q) => Some(*q.get_ref()),
+        None => None,
+    };
+    let xdp_mode = match raw.xdp_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "auto")) => XdpMode::Auto,
+        Some((_, "native")) => XdpMode::Native,
+        Some((_, "generic")) => XdpMode::Generic,
+        Some((m, other)) => {
+            return Err(src.at(
+                m,
+                format!("xdp_mode = {other:?}: expected \"auto\", \"native\" or \"generic\""),
+            ));
+        }
+    };
+    let metrics = raw
+        .metrics
+        .as_ref()
+        .map(|m| socket_addr(&src, m, "metrics", "127.0.0.1:9900"))
+        .transpose()?;
+    let upstream = match &raw.upstream {
+        None => Upstream::default(),
+        Some(u) => upstream(&src, u.get_ref())?,
+    };
+    let health = match &raw.health {
+        None => Health::default(),
+        Some(h) => health(&src, h.get_ref())?,
+    };
+    let timeouts = match &raw.timeouts {
+        None => Timeouts::default(),
+        Some(t) => timeouts(&src, t.get_ref())?,
+    };
+
+    if raw.listener.is_empty() {
+        return Err(src.error(
+            Some(text.len()..text.len()),
+            "no [[listener]]: add at least one with a port and backends",
+        ));
+    }
+    let mut listeners: Vec<Listener> = Vec::with_capacity(raw.listener.len());
+    for l in &raw.listener {
+        let l = listener(&src, l.get_ref(), &upstream, &listeners)?;
+        listeners.push(l);
+    }
+
+    Ok(Config {
+        file: file.to_path_buf(),
+        interface,
+        queues,
+        xdp_mode,
+        metrics,
+        listeners,
+        upstream,
+        health,
+        timeouts,
+        maglev_seed: raw.maglev_seed.unwrap_or(0),
+        announce_grace: millis(
+            &src,
+            raw.announce_grace_ms.as_ref(),
+            "announce_grace_ms",
+            0,
+            Duration::ZERO,
+        )?,
+    })
+}
+
+fn upstream(src: &Source<'_>, u: &RawUpstream) -> Result<Upstream, ConfigError> {
+    let defaults = Upstream::default();
+    let ports = match &u.ports {
+        None => defaults.ports,
+        Some(p) => {
+            parse_port_range(p.get_ref()).map_err(|e| src.at(p, format!("upstream.ports: {e}")))?
+        }
+    };
+    let max_time_wait = match &u.max_time_wait {
+        None => defaults.max_time_wait,
+        Some(m) if *m.get_ref() == 0 => {
+            return Err(src.at(m, "upstream.max_time_wait = 0: need at least 1 entry"));
+        }
+        Some(m) => usize::try_from(*m.get_ref()).unwrap_or(usize::MAX),
+    };
+    Ok(Upstream {
+        ports,
+        msl: millis(src, u.msl_ms.as_ref(), "upstream.msl_ms", 1, defaults.msl)?,
+        reuse: u.reuse.unwrap_or(defaults.reuse),
+        reuse_delay: millis(
+            src,
+            u.reuse_delay_ms.as_ref(),
+            "upstream.reuse_delay_ms",
+            0,
+            defaults.reuse_delay,
+        )?,
+        max_time_wait,
+    })
+}
+
+fn health(src: &Source<'_>, h: &RawHealth) -> Result<Health, ConfigError> {
+    let defaults = Health::default();
+    let interval = millis(
+        src,
+        h.interval_ms.as_ref(),
+        "health.interval_ms",
+        10,
+        defaults.interval,
+    )?;
+    // Default: a check may take the whole interval.
+    let timeout = millis(src, h.timeout_ms.as_ref(), "health.timeout_ms", 1, interval)?;
+    Ok(Health {
+        interval,
+        timeout,
+        fall: at_least_one(src, h.fall.as_ref(), "health.fall", defaults.fall)?,
+        rise: at_least_one(src, h.rise.as_ref(), "health.rise", defaults.rise)?,
+    })
+}
+
+fn timeouts(src: &Source<'_>, t: &RawTimeouts) -> Result<Timeouts, ConfigError> {
+    let defaults = Timeouts::default();
+    Ok(Timeouts {
+        connect: millis(
+            src,
+            t.connect_ms.as_ref(),
+            "timeouts.connect_ms",
+            1,
+            defaults.connect,
+        )?,
+        idle: match &t.idle_ms {
+            None => defaults.idle,
+            Some(v) if *v.get_ref() == 0 => None,
+            Some(v) => Some(Duration::from_millis(*v.get_ref())),
+        },
+        drain: millis(
+            src,
+            t.drain_ms.as_ref(),
+            "timeouts.drain_ms",
+            0,
+            defaults.drain,
+        )?,
+    })
+}
+
+/// One `[[listener]]`, checked against the upstream range and the
+/// listeners before it.
+fn listener(
+    src: &Source<'_>,
+    l: &RawListener,
+    upstream: &Upstream,
+    before: &[Listener],
+) -> Result<Listener, ConfigError> {
+    let port = *l.port.get_ref();
+    if port == 0 {
+        return Err(src.at(&l.port, "listener.port = 0: ports are 1-65535"));
+    }
+    if before.iter().any(|o| o.port == port) {
+        return Err(src.at(
+            &l.port,
+            format!("listener.port = {port}: another [[listener]] has this port already"),
+        ));
+    }
+    if upstream.ports.contains(&port) {
+        return Err(src.at(
+            &l.port,
+            format!(
+                "listener.port = {port} is inside upstream.ports {}-{}: the two must not overlap",
+                upstream.ports.start(),
+                upstream.ports.end()
+            ),
+        ));
+    }
+    let balance = match &l.balance {
+        None => Balance::RoundRobin,
+        Some(b) => Balance::from_name(b.get_ref()).ok_or_else(|| {
+            src.at(
+                b,
+                format!(
+                    "listener.balance = {:?}: expected \"round-robin\", \"least-conn\" or \"maglev\"",
+                    b.get_ref()
+                ),
+            )
+        })?,
+    };
+    if l.backends.get_ref().is_empty() {
+        return Err(src.at(
+            &l.backends,
+            format!(
+                "listener.backends: listener {port} has no backends; list at least one \"ip:port\""
+            ),
+        ));
+    }
+    let mut backends: Vec<BackendSettings> = Vec::with_capacity(l.backends.get_ref().len());
+    for b in l.backends.get_ref() {
+        let addr =
+            parse_backend(b.get_ref()).map_err(|e| src.at(b, format!("listener.backends: {e}")))?;
+        if backends.iter().any(|o| o.addr == addr) {
+            return Err(src.at(
+                b,
+                format!("listener.backends: {addr} is listed twice for listener {port}"),
+            ));
+        }
+        backends.push(BackendSettings::new(addr));
+    }
+    let address = match &l.address {
+        None => None,
+        Some(a) => {
+            let ip: std::net::Ipv4Addr = a.get_ref().trim().parse().map_err(|_| {
+                src.at(
+                    a,
+                    format!(
+                        "listener.address = {:?}: not an IPv4 address (e.g. \"198.18.0.100\")",
+                        a.get_ref()
+                    ),
+                )
+            })?;
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(src.at(
+                    a,
+                    format!("listener.address = {ip}: not a unicast address clients can reach"),
+                ));
+            }
+            Some(ip)
+        }
+    };
+    Ok(Listener {
+        address,
+        port,
+        balance,
+        backends,
+    })
+}
+
+/// Milliseconds at least `min`, as a duration.
+fn millis(
+    src: &Source<'_>,
+    v: Option<&Spanned<u64>>,
+    key: &str,
+    min: u64,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) if *v.get_ref() < min => Err(src.at(
+            v,
+            format!("{key} = {}: must be at least {min}", v.get_ref()),
+        )),
+        Some(v) => Ok(Duration::from_millis(*v.get_ref())),
+    }
+}
+
+/// A count that must be at least 1.
+fn at_least_one(
+    src: &Source<'_>,
+    v: Option<&Spanned<u32>>,
+    key: &str,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    match v {
+        Some(v) if *v.get_ref() == 0 => Err(src.at(v, format!("{key} = 0: need at least 1"))),
+        Some(v) => Ok(*v.get_ref()),
+        None => Ok(default),
+    }
+}
+
+/// An `address:port` to listen on.
+fn socket_addr(
+    src: &Source<'_>,
+    v: &Spanned<String>,
+    key: &str,
+    example: &str,
+) -> Result<SocketAddr, ConfigError> {
+    v.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
+        src.at(
+            v,
+            format!(
+                "{key} = {:?}: not an address:port (e.g. \"{example}\")",
+                v.get_ref()
+            ),
+        )
+    })
+}
+
+/// Parses "LO-HI" (or a single port).
+pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port (1-65535)"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo == 0 {
+        return Err("port 0 cannot be used; ports are 1-65535".into());
+    }
+    if lo > hi {
+        return Err(format!("{lo}-{hi} is empty: write LO-HI with LO <= HI"));
+    }
+    Ok(lo..=hi)
+}
+
+fn parse_backend(s: &str) -> Result<SocketAddrV4, String> {
+    let addr: SocketAddrV4 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address:port (e.g. \"10.0.0.5:8080\")"))?;
+    let ip = *addr.ip();
+    if addr.port() == 0 {
+        return Err(format!(
+            "{s:?}: port 0 cannot be connected to; ports are 1-65535"
+        ));
+    }
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        return Err(format!("{s:?}: {ip} is not a unicast host address"));
+    }
+    if ip.is_loopback() {
+        return Err(format!(
+            "{s:?}: loopback backends are unreachable from the interface turnstile owns; use the host's address on a reachable network"
+        ));
+    }
+    Ok(addr)
+}

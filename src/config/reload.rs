@@ -1,0 +1,55 @@
+//! What a SIGHUP may change in a running sidecar.
+
+use super::Config;
+
+impl Config {
+    /// Whether `new` may replace `self` in a running sidecar.
+    ///
+    /// Reloadable (SIGHUP): each listener's backends and balance, `[health]`,
+    /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
+    /// checks). Not reloadable (the datapath is built around them, restart
+    /// to change): `interface`, `queues`, `xdp_mode`, `metrics`, the set of
+    /// listener ports and everything in `[upstream]`.
+    pub fn reload_check(&self, new: &Config) -> Result<(), String> {
+        let restart = "restart turnstile to change it; SIGHUP reloads backends, balance, [health] and [timeouts] only";
+        if new.interface != self.interface {
+            return Err(format!(
+                "interface changed ({} -> {}): {restart}",
+                self.interface, new.interface
+            ));
+        }
+        if new.queues != self.queues {
+            return Err(format!(
+                "queues changed ({:?} -> {:?}): {restart}",
+                self.queues, new.queues
+            ));
+        }
+        if new.xdp_mode != self.xdp_mode {
+            return Err(format!("xdp_mode changed: {restart}"));
+        }
+        if new.metrics != self.metrics {
+            return Err(format!("metrics address changed: {restart}"));
+        }
+        let (mut old_ports, mut new_ports) = (self.ports(), new.ports());
+        old_ports.sort_unstable();
+        new_ports.sort_unstable();
+        if old_ports != new_ports {
+            return Err(format!(
+                "listener ports changed ({old_ports:?} -> {new_ports:?}): {restart}"
+            ));
+        }
+        let addresses = |c: &Config| {
+            let mut a: Vec<(Option<std::net::Ipv4Addr>, u16)> =
+                c.listeners.iter().map(|l| (l.address, l.port)).collect();
+            a.sort_unstable();
+            a
+        };
+        if addresses(new) != addresses(self) {
+            return Err(format!("a listener address changed: {restart}"));
+        }
+        if new.upstream != self.upstream {
+            return Err(format!("[upstream] changed: {restart}"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! Validation tests: every mistake is named with its line.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = r#"
+interface = "eth0"
+queues = 2
+metrics = "127.0.0.1:9900"
+
+[[listener]]
+port = 80
+balance = "maglev"
+backends = ["10.0.0.5:8080", "10.0.0.6:8080"]
+
+[[listener]]
+port = 443
+backends = ["10.0.0.7:8443"]
+
+[upstream]
+ports = "40000-40999"
+msl_ms = 30000
+reuse_delay_ms = 1000
+reuse = true
+max_time_wait = 262144
+
+[health]
+interval_ms = 1000
+fall = 3
+rise = 2
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("t.toml"))
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(e) => e,
+    }
+}
+
+fn good_with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from}");
+    GOOD.replacen(from, to, 1)
+}
+
+#[test]
+fn the_contract_example_parses() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.interface, "eth0");
+    assert_eq!(c.queues, Some(2));
+    assert_eq!(c.metrics, Some("127.0.0.1:9900".parse().unwrap()));
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].balance, Balance::Maglev);
+    assert_eq!(c.listeners[1].balance, Balance::RoundRobin);
+    assert_eq!(
+        c.listeners[0].backends[1].addr,
+        "10.0.0.6:8080".parse().unwrap()
+    );
+    assert_eq!(c.upstream.ports, 40000..=40999);
+    assert_eq!(c.health.fall, 3);
+    assert_eq!(c.health.timeout, Duration::from_secs(1));
+    let opts = c.stack_options();
+    assert_eq!(opts.ports, vec![80, 443]);
+    assert_eq!(opts.active_ports, 40000..=40999);
+    assert_eq!(opts.tcp.msl, Duration::from_secs(30));
+    assert_eq!(opts.tcp.reuse_delay, Duration::from_secs(1));
+    assert_eq!(opts.tcp.max_time_wait, 262_144);
+    assert_eq!(c.all_backends().len(), 3);
+}
+
+#[test]
+fn minimal_file_takes_defaults() {
+    let c =
+        parse("interface = \"veth0\"\n[[listener]]\nport = 8080\nbackends = [\"10.1.1.1:80\"]\n")
+            .unwrap();
+    assert_eq!(c.queues, None);
+    assert_eq!(c.upstream, Upstream::default());
+    assert_eq!(c.health, Health::default());
+    assert_eq!(c.timeouts, Timeouts::default());
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e = err(&good_with("rise = 2", "rise = 2\nrice = 3"));
+    assert!(e.message().contains("rice"), "{e}");
+    assert_eq!(e.line(), 26, "{e}");
+    let e = err(&good_with("port = 443", "port = 443\nweight = 3"));
+    assert!(e.message().contains("weight"), "{e}");
+    assert_eq!(e.line(), 13, "{e}");
+    let e = err(&good_with("queues = 2", "queues = 2\n[extra]\nx = 1"));
+    assert!(e.message().contains("extra"), "{e}");
+}
+
+#[test]
+fn bad_backend_address_is_named_with_its_line() {
+    for bad in [
+        "10.0.0.300:80",
+        "10.0.0.5",
+        "10.0.0.5:0",
+        "0.0.0.0:80",
+        "127.0.0.1:80",
+        "host:80",
+        "224.0.0.1:80",
+    ] {
+        let e = err(&good_with("10.0.0.6:8080", bad));
+        assert!(e.message().contains(bad), "{bad}: {e}");
+        assert_eq!(e.line(), 9, "{e}");
+        assert!(e.to_string().starts_with("t.toml:9:"), "{e}");
+    }
+    let e = err(&good_with("\"10.0.0.6:8080\"", "\"10.0.0.5:8080\""));
+    assert!(e.message().contains("twice"), "{e}");
+}
+
+#[test]
+fn ports_out_of_range_are_rejected() {
+    let e = err(&good_with("port = 443", "port = 70000"));
+    assert_eq!(e.line(), 12, "{e}");
+    assert!(
+        e.message().contains("70000") || e.message().contains("u16"),
+        "{e}"
+    );
+    let e = err(&good_with("port = 443", "port = 0"));
+    assert!(e.message().contains("listener.port = 0"), "{e}");
+    for bad in ["40000-39999", "0-10", "40000-70000", "abc"] {
+        let e = err(&good_with("40000-40999", bad));
+        assert!(e.message().starts_with("upstream.ports"), "{bad}: {e}");
+        assert_eq!(e.line(), 16, "{e}");
+    }
+}
+
+#[test]
+fn listener_inside_the_upstream_range_is_rejected() {
+    let e = err(&good_with("port = 443", "port = 40500"));
+    assert!(
+        e.message().contains("40500") && e.message().contains("upstream.ports"),
+        "{e}"
+    );
+    assert_eq!(e.line(), 12, "{e}");
+}
+
+#[test]
+fn no_backends_and_no_listener_are_rejected() {
+    let e = err(&good_with("[\"10.0.0.7:8443\"]", "[]"));
+    assert!(e.message().contains("no backends"), "{e}");
+    assert_eq!(e.line(), 13);
+    let e = err("interface = \"eth0\"\n");
+    assert!(e.message().contains("no [[listener]]"), "{e}");
+    let e = err(&good_with("backends = [\"10.0.0.7:8443\"]", ""));
+    assert!(e.message().contains("backends"), "{e}");
+}
+
+#[test]
+fn other_mistakes_are_named() {
+    let cases = [
+        ("balance = \"maglev\"", "balance = \"random\"", "random"),
+        ("queues = 2", "queues = 0", "queues = 0"),
+        ("queues = 2", "queues = -1", "queues"),
+        ("127.0.0.1:9900", "localhost", "metrics"),
+        ("fall = 3", "fall = 0", "health.fall"),
+        (
+            "interval_ms = 1000",
+            "interval_ms = 1",
+            "health.interval_ms",
+        ),
+        ("msl_ms = 30000", "msl_ms = 0", "upstream.msl_ms"),
+        (
+            "max_time_wait = 262144",
+            "max_time_wait = 0",
+            "max_time_wait",
+        ),
+        ("interface = \"eth0\"", "interface = \"\"", "interface"),
+        ("interface = \"eth0\"", "", "interface"),
+        ("port = 443", "port = 80", "another [[listener]]"),
+        ("port = 443", "port = \"443\"", "port"),
+        ("reuse = true", "reuse = 1", "reuse"),
+        ("queues = 2", "queues = 2\nqueues = 3", "queues"),
+        ("[health]", "[health", "table header"),
+    ];
+    for (from, to, needle) in cases {
+        let e = err(&good_with(from, to));
+        let text = e.to_string();
+        assert!(text.contains(needle), "{to}: {text}");
+        assert!(!text.contains('\n'), "one line: {text:?}");
+        assert!(e.line() >= 1, "{text}");
+    }
+}
+
+#[test]
+fn reload_allows_backends_and_refuses_datapath_changes() {
+    let old = parse(GOOD).unwrap();
+    let new = parse(&good_with(
+        "\"10.0.0.6:8080\"",
+        "\"10.0.0.6:8080\", \"10.0.0.9:80\"",
+    ))
+    .unwrap();
+    assert!(old.reload_check(&new).is_ok());
+    let new = parse(&good_with("maglev", "least-conn")).unwrap();
+    assert!(old.reload_check(&new).is_ok());
+    let new = parse(&good_with("fall = 3", "fall = 5")).unwrap();
+    assert!(old.reload_check(&new).is_ok());
+    for (from, to, needle) in [
+        ("port = 443", "port = 444", "listener ports"),
+        ("40000-40999", "41000-41999", "[upstream]"),
+        ("interface = \"eth0\"", "interface = \"eth1\"", "interface"),
+        ("queues = 2", "queues = 1", "queues"),
+    ] {
+        let new = parse(&good_with(from, to)).unwrap();
+        let e = old.reload_check(&new).unwrap_err();
+        assert!(e.contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn port_ranges_parse() {
+    assert_eq!(parse_port_range("40000-40999"), Ok(40000..=40999));
+    assert_eq!(parse_port_range("5000"), Ok(5000..=5000));
+    assert_eq!(parse_port_range(" 1 - 2 "), Ok(1..=2));
+    assert!(parse_port_range("2-1").is_err());
+    assert!(parse_port_range("0-1").is_err());
+    assert!(parse_port_range("1-65536").is_err());
+}
+
+#[test]
+fn fleet_keys_virtual_ip_seed_and_announce_grace() {
+    let text = "interface = \"eth0\"\nmaglev_seed = 7\nannounce_grace_ms = 2500\n[[listener]]\naddress = \"198.18.0.100\"\nport = 80\nbackends = [\"10.0.0.5:8080\"]\n[[listener]]\nport = 81\nbackends = [\"10.0.0.5:8080\"]\n";
+    let c = Config::parse(text, Path::new("f.toml")).unwrap();
+    assert_eq!(c.maglev_seed, 7);
+    assert_eq!(c.announce_grace, Duration::from_millis(2500));
+    assert_eq!(c.listeners[0].address, Some("198.18.0.100".parse().unwrap()));
+    assert_eq!(c.listeners[1].address, None);
+    assert_eq!(c.stack_options().addresses, vec![("198.18.0.100".parse().unwrap(), 80)]);
+    assert_eq!(c.proxy_settings().maglev_seed, 7);
+    let moved = Config::parse(&text.replace("198.18.0.100", "198.18.0.101"), Path::new("f.toml")).unwrap();
+    assert!(c.reload_check(&moved).unwrap_err().contains("address"));
+    let reseeded = Config::parse(&text.replace("maglev_seed = 7", "maglev_seed = 8"), Path::new("f.toml")).unwrap();
+    assert!(c.reload_check(&reseeded).is_ok());
+    let e = Config::parse(&text.replace("198.18.0.100", "198.18.0.300"), Path::new("f.toml")).unwrap_err();
+    assert_eq!(e.line(), 5, "{e}");
+    assert!(e.message().contains("listener.address"), "{e}");
+    let e = Config::parse(&text.replace("198.18.0.100", "127.0.0.1"), Path::new("f.toml")).unwrap_err();
+    assert!(e.message().contains("not a unicast address"), "{e}");
+}
