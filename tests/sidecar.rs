@@ -978,7 +978,7 @@ fn sidecar_serves_a_virtual_ip_and_resets_flows_it_has_no_state_for() {
     for i in 0..3 {
         lab.start_backend(i, "http");
     }
-    let vip = Ipv4Addr::new(198, 19, 255, 100);
+    let vip = std::net::Ipv4Addr::new(198, 19, 255, 100);
     lab.topo
         .client
         .sh_ok(&format!("ip route add {vip}/32 via {}", lab.topo.server.ip))
@@ -1149,7 +1149,7 @@ fn grafana_dashboard_expressions_match_the_exported_metrics() {
 }
 
 /// Children killed on drop (bird, the checker), also when a test panics.
-struct Kids(Vec<Child>);
+struct Kids(Vec<std::process::Child>);
 
 impl Drop for Kids {
     fn drop(&mut self) {
@@ -1179,7 +1179,7 @@ fn sidecar_vip_is_announced_with_bgp_while_ready_and_withdrawn_on_sigterm() {
     }
     let mut lab = Lab::new("bgp", 0);
     lab.start_backend(0, "http");
-    let vip = Ipv4Addr::new(198, 19, 255, 101);
+    let vip = std::net::Ipv4Addr::new(198, 19, 255, 101);
     let (server, client) = (lab.topo.server.ip, lab.topo.client.ip);
     let grace_ms = 5000u64;
     let text = format!(
