@@ -36,6 +36,21 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
+/* Listener (address, port) pairs steered whatever the local address: the
+ * virtual IPs a fleet announces. The kernel need not own them: routers send
+ * to this host's interface address as next hop, so no ARP is ever asked. */
+struct vip_key {
+	__u32 addr; /* network byte order */
+	__u32 port; /* host order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct vip_key);
+	__type(value, __u8);
+} vips SEC(".maps");
+
 /* Indexed by destination port (host order): non-zero = chosen. An array,
  * not a hash, because one lookup per packet must be as cheap as possible. */
 struct {
@@ -99,8 +114,6 @@ int turnstile_steer(struct xdp_md *ctx)
 	struct steer_config *cfg = bpf_map_lookup_elem(&steer, &zero);
 	if (!cfg || !cfg->enabled)
 		return pass();
-	if (cfg->local_ip && ip->daddr != cfg->local_ip)
-		return pass();
 
 	__u32 ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip)) {
@@ -114,9 +127,15 @@ int turnstile_steer(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	__u32 dport = bpf_ntohs(ports[1]);
-	__u8 *chosen = bpf_map_lookup_elem(&chosen_ports, &dport);
-	if (!chosen || !*chosen)
-		return pass();
+	struct vip_key vk = { .addr = ip->daddr, .port = dport };
+	__u8 *vip = bpf_map_lookup_elem(&vips, &vk);
+	if (!vip || !*vip) {
+		if (cfg->local_ip && ip->daddr != cfg->local_ip)
+			return pass();
+		__u8 *chosen = bpf_map_lookup_elem(&chosen_ports, &dport);
+		if (!chosen || !*chosen)
+			return pass();
+	}
 
 	int action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 	if (action == XDP_REDIRECT)

@@ -135,6 +135,13 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Print the Maglev tables a configuration gives with every backend up
+    /// (the same bytes on every instance of a fleet; a running sidecar shows
+    /// its live tables at /maglev on the metrics port).
+    MaglevTable {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
     /// Build a namespace/veth topology, show a churn run, clean up.
     Demo,
 }
@@ -168,6 +175,7 @@ fn main() -> ExitCode {
     };
     let installed = match cli.command {
         Command::Demo => Ok(()), // the demo handles its own signals
+        Command::MaglevTable { .. } => Ok(()),
         _ => install_signal_handlers(),
     };
     if let Err(e) = installed {
@@ -248,6 +256,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => turnstile::sidecar::run(&config, print_ready),
+        Command::MaglevTable { config } => maglev_table(&config),
         Command::Demo => demo::run(),
     };
     match result {
@@ -257,6 +266,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn maglev_table(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use turnstile::app::proxy::pool::{BackendSet, Routes};
+    let config = turnstile::config::Config::load(path)?;
+    let routes = Routes::build(&config.proxy_settings(), &BackendSet::default(), None, 1);
+    let dump = routes.maglev_dump();
+    if dump.is_empty() {
+        anyhow::bail!("{}: no listener has balance = \"maglev\"", path.display());
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(dump.as_bytes())
+        .context("writing the table")?;
+    Ok(())
 }
 
 // Kept as text for clap (a Vec value would be read as many values) and

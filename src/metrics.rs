@@ -44,6 +44,7 @@ pub struct ShardMetrics {
     /// Chunk requests refused by the pool budget (windows shrank instead).
     pub buffer_pool_exhausted: AtomicU64,
     pub rst_sent: AtomicU64,
+    pub rst_unknown_flow: AtomicU64,
     pub established: AtomicU64,
     pub time_wait: AtomicU64,
     pub accepted: AtomicU64,
@@ -98,6 +99,9 @@ impl ShardMetrics {
 /// their own, e.g. the sidecar's per-backend counters).
 pub type Renderer = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// Answers a GET on the metrics port: status code and body.
+pub type Page = Arc<dyn Fn() -> (u16, String) + Send + Sync>;
+
 /// Every shard's metrics plus the XDP program's counters.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -106,6 +110,8 @@ pub struct Registry {
     /// Shared by every clone (so a renderer added after the metrics server
     /// started is served too).
     pub extra: Arc<std::sync::RwLock<Vec<Renderer>>>,
+    /// More paths (`/ready`, `/maglev`), shared by every clone too.
+    pub pages: Arc<std::sync::RwLock<Vec<(String, Page)>>>,
 }
 
 impl Registry {
@@ -115,6 +121,22 @@ impl Registry {
             .write()
             .expect("metrics renderers lock")
             .push(render);
+    }
+
+    /// Serves `path` (exact match, query string ignored) from `page`; a
+    /// later page for the same path replaces the earlier one.
+    pub fn add_page(&self, path: &str, page: Page) {
+        let mut pages = self.pages.write().expect("metrics pages lock");
+        pages.retain(|(p, _)| p != path);
+        pages.push((path.to_string(), page));
+    }
+
+    fn page(&self, path: &str) -> Option<(u16, String)> {
+        let path = path.split('?').next().unwrap_or(path);
+        let pages = self.pages.read().expect("metrics pages lock");
+        let page = pages.iter().find(|(p, _)| p == path)?.1.clone();
+        drop(pages);
+        Some(page())
     }
 
     fn sum(&self, pick: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
@@ -362,6 +384,12 @@ impl Registry {
             &[("", s(|m| &m.rst_sent))],
         );
         metric(
+            "turnstile_rst_unknown_flow_total",
+            "counter",
+            "RSTs answering segments of flows with no state here (e.g. moved by ECMP from another instance).",
+            &[("", s(|m| &m.rst_unknown_flow))],
+        );
+        metric(
             "turnstile_retransmits_total",
             "counter",
             "Segments retransmitted.",
@@ -439,8 +467,22 @@ fn answer(mut stream: TcpStream, registry: &Registry) {
         ("200 OK", registry.render())
     } else if path == "/healthz" {
         ("200 OK", "ok\n".to_string())
+    } else if let Some((code, body)) = registry.page(path) {
+        let status = match code {
+            200 => "200 OK",
+            503 => "503 Service Unavailable",
+            404 => "404 Not Found",
+            _ => "500 Internal Server Error",
+        };
+        (status, body)
+    } else if path == "/ready" {
+        // Without an app's own readiness (serve): up while this answers.
+        ("200 OK", "ready\n".to_string())
     } else {
-        ("404 Not Found", "try /metrics\n".to_string())
+        (
+            "404 Not Found",
+            "try /metrics, /healthz or /ready\n".to_string(),
+        )
     };
     let _ = write!(
         stream,

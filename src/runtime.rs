@@ -31,6 +31,10 @@ pub struct StackOptions {
     pub iface: String,
     /// Ports steered to turnstile for passive opens.
     pub ports: Vec<u16>,
+    /// Listening ports served on an address of their own (a virtual IP the
+    /// kernel need not have) instead of the interface's: steered by
+    /// (address, port), not by port alone.
+    pub addresses: Vec<(std::net::Ipv4Addr, u16)>,
     /// Whether the app listens on `ports` (otherwise every SYN is refused).
     pub listen: bool,
     /// Local ports for active opens (steered too), split between shards.
@@ -60,6 +64,7 @@ impl StackOptions {
         StackOptions {
             iface: iface.to_string(),
             ports,
+            addresses: Vec::new(),
             listen: true,
             active_ports: DEFAULT_ACTIVE_PORTS,
             queues: None,
@@ -273,7 +278,19 @@ where
         sockets.push(sock);
     }
     let zerocopy = sockets.iter().all(XskSocket::zerocopy);
-    xdp.choose_ports(&opts.ports)?;
+    let by_port: Vec<u16> = opts
+        .ports
+        .iter()
+        .copied()
+        .filter(|p| !opts.addresses.iter().any(|&(_, ap)| ap == *p))
+        .collect();
+    xdp.choose_ports(&by_port)?;
+    for &(addr, port) in &opts.addresses {
+        xdp.choose_address(addr, port)?;
+    }
+    let mut vips: Vec<std::net::Ipv4Addr> = opts.addresses.iter().map(|&(a, _)| a).collect();
+    vips.sort_unstable();
+    vips.dedup();
     let active: Vec<u16> = opts.active_ports.clone().collect();
     xdp.choose_ports(&active)?;
 
@@ -321,6 +338,7 @@ where
             },
             local_mac: iface.mac,
             local_ip: iface.ipv4,
+            vips: vips.clone(),
             neighbors: Neighbors::new(resolver.link(id)),
             unreachable: Vec::new(),
             listen_limits,

@@ -27,6 +27,11 @@ impl Config {
             .iter()
             .filter_map(|l| Some((l.port, l.max_connections?)))
             .collect();
+        opts.addresses = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.address.map(|a| (a, l.port)))
+            .collect();
         opts
     }
 
@@ -44,6 +49,7 @@ impl Config {
                 .collect(),
             health: self.health,
             timeouts: self.timeouts,
+            maglev_seed: self.maglev_seed,
         }
     }
 }

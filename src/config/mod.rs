@@ -51,13 +51,22 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Where the ISN/timestamp secret is kept (`state_dir`).
     pub state_dir: PathBuf,
+    /// Seeds the Maglev tables: instances of one fleet share it, so they
+    /// send a client to the same backend.
+    pub maglev_seed: u64,
+    /// After SIGTERM, how long /ready says 503 while new connections are
+    /// still served (for routes to converge), before the drain.
+    pub announce_grace: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
+    /// A virtual IP served instead of the interface's own address (the
+    /// kernel need not have it). Several listeners may share one.
+    pub address: Option<std::net::Ipv4Addr>,
     pub port: u16,
     pub balance: Balance,
-    /// In the order of the file (Maglev's table depends on it).
+    /// In the order of the file (Maglev's table does not depend on it).
     pub backends: Vec<BackendSettings>,
     /// Client connections held at once at most (`max_connections`).
     pub max_connections: Option<usize>,

@@ -107,6 +107,14 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             || crate::state::DEFAULT_STATE_DIR.into(),
             |d| PathBuf::from(d.get_ref()),
         ),
+        maglev_seed: raw.maglev_seed.unwrap_or(0),
+        announce_grace: millis(
+            &src,
+            raw.announce_grace_ms.as_ref(),
+            "announce_grace_ms",
+            0,
+            Duration::ZERO,
+        )?,
     })
 }
 
@@ -244,7 +252,29 @@ fn listener(
         }
         backends.push(BackendSettings::new(addr));
     }
+    let address = match &l.address {
+        None => None,
+        Some(a) => {
+            let ip: std::net::Ipv4Addr = a.get_ref().trim().parse().map_err(|_| {
+                src.at(
+                    a,
+                    format!(
+                        "listener.address = {:?}: not an IPv4 address (e.g. \"198.18.0.100\")",
+                        a.get_ref()
+                    ),
+                )
+            })?;
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(src.at(
+                    a,
+                    format!("listener.address = {ip}: not a unicast address clients can reach"),
+                ));
+            }
+            Some(ip)
+        }
+    };
     Ok(Listener {
+        address,
         port,
         balance,
         backends,

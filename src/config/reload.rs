@@ -5,8 +5,8 @@ use super::Config;
 impl Config {
     /// Whether `new` may replace `self` in a running sidecar.
     ///
-    /// Reloadable (SIGHUP): each listener's backends and balance, `[health]`
-    /// and `[timeouts]` (new values apply to new connections and the next
+    /// Reloadable (SIGHUP): each listener's backends and balance, `[health]`,
+    /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
     /// checks). Not reloadable (the datapath is built around them, restart
     /// to change): `interface`, `queues`, `xdp_mode`, `metrics`, the set of
     /// listener ports and everything in `[upstream]`.
@@ -37,6 +37,15 @@ impl Config {
             return Err(format!(
                 "listener ports changed ({old_ports:?} -> {new_ports:?}): {restart}"
             ));
+        }
+        let addresses = |c: &Config| {
+            let mut a: Vec<(Option<std::net::Ipv4Addr>, u16)> =
+                c.listeners.iter().map(|l| (l.address, l.port)).collect();
+            a.sort_unstable();
+            a
+        };
+        if addresses(new) != addresses(self) {
+            return Err(format!("a listener address changed: {restart}"));
         }
         if new.upstream != self.upstream {
             return Err(format!("[upstream] changed: {restart}"));

@@ -21,11 +21,14 @@ pub struct RawConfig {
     pub timeouts: Option<Spanned<RawTimeouts>>,
     pub max_connections: Option<Spanned<u64>>,
     pub state_dir: Option<Spanned<String>>,
+    pub maglev_seed: Option<u64>,
+    pub announce_grace_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
+    pub address: Option<Spanned<String>>,
     pub port: Spanned<u16>,
     pub balance: Option<Spanned<String>>,
     pub backends: Spanned<Vec<Spanned<String>>>,

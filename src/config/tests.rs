@@ -224,3 +224,46 @@ fn port_ranges_parse() {
     assert!(parse_port_range("0-1").is_err());
     assert!(parse_port_range("1-65536").is_err());
 }
+
+#[test]
+fn fleet_keys_virtual_ip_seed_and_announce_grace() {
+    let text = "interface = \"eth0\"\nmaglev_seed = 7\nannounce_grace_ms = 2500\n[[listener]]\naddress = \"198.18.0.100\"\nport = 80\nbackends = [\"10.0.0.5:8080\"]\n[[listener]]\nport = 81\nbackends = [\"10.0.0.5:8080\"]\n";
+    let c = Config::parse(text, Path::new("f.toml")).unwrap();
+    assert_eq!(c.maglev_seed, 7);
+    assert_eq!(c.announce_grace, Duration::from_millis(2500));
+    assert_eq!(
+        c.listeners[0].address,
+        Some("198.18.0.100".parse().unwrap())
+    );
+    assert_eq!(c.listeners[1].address, None);
+    assert_eq!(
+        c.stack_options().addresses,
+        vec![("198.18.0.100".parse().unwrap(), 80)]
+    );
+    assert_eq!(c.proxy_settings().maglev_seed, 7);
+    let moved = Config::parse(
+        &text.replace("198.18.0.100", "198.18.0.101"),
+        Path::new("f.toml"),
+    )
+    .unwrap();
+    assert!(c.reload_check(&moved).unwrap_err().contains("address"));
+    let reseeded = Config::parse(
+        &text.replace("maglev_seed = 7", "maglev_seed = 8"),
+        Path::new("f.toml"),
+    )
+    .unwrap();
+    assert!(c.reload_check(&reseeded).is_ok());
+    let e = Config::parse(
+        &text.replace("198.18.0.100", "198.18.0.300"),
+        Path::new("f.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(e.line(), 5, "{e}");
+    assert!(e.message().contains("listener.address"), "{e}");
+    let e = Config::parse(
+        &text.replace("198.18.0.100", "127.0.0.1"),
+        Path::new("f.toml"),
+    )
+    .unwrap_err();
+    assert!(e.message().contains("not a unicast address"), "{e}");
+}

@@ -46,6 +46,9 @@ pub struct Shard<A: App> {
     pub ports: Vec<u16>,
     pub local_mac: [u8; 6],
     pub local_ip: Ipv4Addr,
+    /// Listener addresses besides `local_ip` (virtual IPs); a handful, so a
+    /// linear scan per frame is cheaper than a hash.
+    pub vips: Vec<Ipv4Addr>,
     pub neighbors: Neighbors,
     pub flows: FlowMap,
     pub exchange: Arc<Exchange>,
@@ -212,12 +215,13 @@ impl<A: App> Shard<A> {
             exchange,
             metrics,
             local_ip,
+            vips,
             ..
         } = self;
         let got = xsk.recv_batch(|frame| match wire::parse_frame(frame) {
             Err(reason) => metrics.dropped(reason),
             Ok(p) => {
-                if p.meta.dst_ip != *local_ip {
+                if p.meta.dst_ip != *local_ip && !vips.contains(&p.meta.dst_ip) {
                     ShardMetrics::add(&metrics.rx_not_local, 1);
                     return;
                 }
@@ -322,6 +326,7 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.retransmits, e.retransmits);
         ShardMetrics::set(&m.challenge_acks, e.challenge_acks);
         ShardMetrics::set(&m.rst_sent, e.rst_sent);
+        ShardMetrics::set(&m.rst_unknown_flow, e.rst_unknown_flow);
         ShardMetrics::set(&m.rx_engine_dropped, e.dropped_segments);
         ShardMetrics::set(&m.time_wait_expired, e.time_wait_expired);
         let pool = self.endpoint.buffer_pool();

@@ -10,8 +10,10 @@
 //!   they end (they are not counted against anything and are not checked).
 //! - A backend's health changes are seen here within a few milliseconds and
 //!   the Maglev tables are rebuilt without (or with) it.
-//! - SIGINT/SIGTERM: stop accepting, let connections finish within
-//!   `timeouts.drain_ms`, detach, return.
+//! - SIGINT/SIGTERM: `/ready` answers 503 at once; new connections are
+//!   still served for `announce_grace_ms` (while a BGP speaker withdraws
+//!   the route and the routers converge); then stop accepting, let
+//!   connections finish within `timeouts.drain_ms`, detach, return.
 
 pub mod metrics;
 
@@ -147,9 +149,38 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         backends = sidecar.config().all_backends().len(),
         "sidecar running"
     );
+    let ready_shared = sidecar.shared.clone();
+    running.registry.add_page(
+        "/ready",
+        Arc::new(move || {
+            let (ok, why) = ready_shared.readiness();
+            (if ok { 200 } else { 503 }, why)
+        }),
+    );
+    let maglev_shared = sidecar.shared.clone();
+    running.registry.add_page(
+        "/maglev",
+        Arc::new(move || (200, maglev_shared.routes.load().maglev_dump())),
+    );
     ready(&running.listening_line(&opts.ports));
 
-    while !stop.load(Ordering::Relaxed) {
+    // After SIGTERM: /ready says 503 at once, new connections are still
+    // served until the grace ends (routers take a while to withdraw the
+    // route), then the drain.
+    let mut grace_until: Option<std::time::Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) && grace_until.is_none() {
+            sidecar.shared.accepting.store(false, Ordering::Relaxed);
+            let grace = sidecar.config().announce_grace;
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "stopping: /ready is 503, serving through the announce grace"
+            );
+            grace_until = Some(std::time::Instant::now() + grace);
+        }
+        if grace_until.is_some_and(|t| std::time::Instant::now() >= t) {
+            break;
+        }
         if hup.swap(false, Ordering::Relaxed) {
             match sidecar.reload() {
                 Ok(()) => tracing::warn!(
@@ -285,5 +316,61 @@ mod tests {
         let after = s.shared.routes.load();
         assert!(after.generation > before.generation);
         assert_eq!(after.routes[0].maglev.as_ref().unwrap().1, vec![0, 2]);
+    }
+
+    /// Two instances of a fleet with different pasts (reloads, health
+    /// flaps, another order in the file) agree byte for byte on the table
+    /// once their inputs agree.
+    #[test]
+    fn any_reload_history_yields_a_byte_identical_table() {
+        let file = Path::new("t.toml");
+        let final_list = "\"10.0.0.3:80\", \"10.0.0.1:80\", \"10.0.0.4:80\"";
+        let fresh = Sidecar::new(config(final_list, file));
+        let want = fresh.shared.routes.load().maglev_dump();
+        assert!(want.starts_with("listener 80\nmaglev size=65537 seed=0 backends=3\n"));
+
+        let mut s = Sidecar::new(config("\"10.0.0.1:80\", \"10.0.0.2:80\"", file));
+        for list in [
+            "\"10.0.0.2:80\"",
+            "\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\", \"10.0.0.4:80\", \"10.0.0.5:80\"",
+            "\"10.0.0.4:80\", \"10.0.0.1:80\", \"10.0.0.3:80\"",
+        ] {
+            s.apply(config(list, file)).unwrap();
+            // A backend goes down and comes back between reloads.
+            let routes = s.shared.routes.load();
+            routes.routes[0].backends[0].set_up(false);
+            s.shared.health_changes.fetch_add(1, Ordering::Release);
+            s.follow_health();
+            assert_ne!(s.shared.routes.load().maglev_dump(), want);
+            routes.routes[0].backends[0].set_up(true);
+            s.shared.health_changes.fetch_add(1, Ordering::Release);
+            s.follow_health();
+        }
+        assert_eq!(s.shared.routes.load().maglev_dump(), want);
+        let mut again = config(final_list, file);
+        again.maglev_seed = 9;
+        s.apply(again).unwrap();
+        assert_ne!(
+            s.shared.routes.load().maglev_dump(),
+            want,
+            "the seed is an input"
+        );
+    }
+
+    #[test]
+    fn readiness_follows_backends_and_sigterm() {
+        let s = Sidecar::new(config(
+            "\"10.0.0.1:80\", \"10.0.0.2:80\"",
+            Path::new("t.toml"),
+        ));
+        assert_eq!(s.shared.readiness().0, true);
+        let routes = s.shared.routes.load();
+        routes.routes[0].backends[0].set_up(false);
+        assert!(s.shared.readiness().0, "one backend still up");
+        routes.routes[0].backends[1].set_up(false);
+        assert_eq!(s.shared.readiness(), (false, "no backend up\n".into()));
+        routes.routes[0].backends[1].set_up(true);
+        s.shared.accepting.store(false, Ordering::Relaxed);
+        assert_eq!(s.shared.readiness(), (false, "draining\n".into()));
     }
 }

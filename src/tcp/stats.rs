@@ -28,6 +28,10 @@ pub struct Stats {
     pub fast_retransmits: u64,
     pub rto_expirations: u64,
     pub rst_sent: u64,
+    /// RSTs answering a segment of a flow this endpoint has no state for
+    /// (an ACK reaching LISTEN: after an ECMP change, another instance's
+    /// established flow). RFC 9293 3.10.7.2.
+    pub rst_unknown_flow: u64,
     pub rst_received: u64,
     pub challenge_acks: u64,
     pub challenge_acks_suppressed: u64,

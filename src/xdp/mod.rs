@@ -89,6 +89,7 @@ pub struct XdpProgram {
     mode: AttachedMode,
     xsks: MapHandle,
     chosen_ports: MapHandle,
+    vips: MapHandle,
     steer: MapHandle,
     counters: MapHandle,
 }
@@ -175,6 +176,7 @@ impl XdpProgram {
             mode: attached,
             xsks: map_handle(&skel.maps.xsks, "xsks")?,
             chosen_ports: map_handle(&skel.maps.chosen_ports, "chosen_ports")?,
+            vips: map_handle(&skel.maps.vips, "vips")?,
             steer: map_handle(&skel.maps.steer, "steer")?,
             counters: map_handle(&skel.maps.counters, "counters")?,
         })
@@ -196,6 +198,20 @@ impl XdpProgram {
                 })?;
         }
         Ok(())
+    }
+
+    /// Steers (address, port) to AF_XDP whatever the local address: a
+    /// listener on a virtual IP.
+    pub fn choose_address(&self, addr: Ipv4Addr, port: u16) -> Result<(), XdpError> {
+        let mut key = [0u8; 8];
+        key[..4].copy_from_slice(&addr.octets());
+        key[4..].copy_from_slice(&u32::from(port).to_ne_bytes());
+        self.vips
+            .update(&key, &[1u8], MapFlags::ANY)
+            .map_err(|e| XdpError::Map {
+                map: "vips",
+                err: e.to_string(),
+            })
     }
 
     /// Registers the AF_XDP socket of receive queue `queue`.

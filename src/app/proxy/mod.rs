@@ -77,6 +77,9 @@ pub struct Shared {
     pub routes: RouteCell,
     /// Set before the stack drains: stop health checks.
     pub draining: AtomicBool,
+    /// Cleared at SIGTERM: `/ready` says 503 from then on (new connections
+    /// are still served through `announce_grace_ms`).
+    pub accepting: AtomicBool,
     /// Bumped at every backend state change (the control thread then
     /// rebuilds the Maglev tables).
     pub health_changes: AtomicU64,
@@ -88,8 +91,31 @@ impl Shared {
         Shared {
             routes: RouteCell::new(routes),
             draining: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
             health_changes: AtomicU64::new(0),
             stats: ProxyStats::default(),
+        }
+    }
+}
+
+impl Shared {
+    /// `/ready`: whether a BGP speaker or an orchestrator should send new
+    /// connections here: not after SIGTERM, and not while every backend is
+    /// down. The body says why.
+    pub fn readiness(&self) -> (bool, String) {
+        if !self.accepting.load(Ordering::Relaxed) || self.draining.load(Ordering::Relaxed) {
+            return (false, "draining\n".into());
+        }
+        let routes = self.routes.load();
+        let up = routes
+            .routes
+            .iter()
+            .flat_map(|r| &r.backends)
+            .any(|b| b.is_up());
+        if up {
+            (true, "ready\n".into())
+        } else {
+            (false, "no backend up\n".into())
         }
     }
 }

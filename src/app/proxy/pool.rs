@@ -12,7 +12,7 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::maglev::Maglev;
+use super::maglev::{Maglev, TABLE_SIZE};
 use super::settings::{Balance, Health, ProxySettings, Timeouts};
 
 /// Why a connection to a backend failed.
@@ -168,7 +168,7 @@ pub struct Route {
     pub backends: Vec<Arc<Backend>>,
     /// For `maglev`: the table over the backends that were up when the
     /// snapshot was built (all of them when none was), and for each of its
-    /// entries the index in `backends`.
+    /// backends (in the table's order) the index in `backends`.
     pub maglev: Option<(Maglev, Vec<usize>)>,
     /// Round-robin position; carried across snapshots of the same port.
     pub turn: Arc<AtomicUsize>,
@@ -188,7 +188,8 @@ pub struct Routes {
 
 impl Routes {
     /// A snapshot of `settings` with the current health of `set`, keeping
-    /// Maglev tables and round-robin positions of `prev` where they apply.
+    /// the round-robin positions of `prev` (Maglev tables are always built
+    /// afresh: they depend only on the live set).
     pub fn build(
         settings: &ProxySettings,
         set: &BackendSet,
@@ -209,12 +210,22 @@ impl Routes {
                     if live.is_empty() {
                         live = (0..backends.len()).collect();
                     }
-                    let names: Vec<SocketAddrV4> = live.iter().map(|&i| backends[i].addr).collect();
-                    let table = match old.and_then(|o| o.maglev.as_ref()) {
-                        Some((t, _)) => t.rebuild(&names),
-                        None => Maglev::new(&names),
-                    };
-                    (table, live)
+                    // A pure function of the live set (never of `prev`):
+                    // every instance of a fleet builds the same table.
+                    let set: Vec<(SocketAddrV4, u32)> =
+                        live.iter().map(|&i| (backends[i].addr, 1)).collect();
+                    let table = Maglev::build(&set, TABLE_SIZE, settings.maglev_seed);
+                    let index = table
+                        .backends()
+                        .iter()
+                        .map(|a| {
+                            backends
+                                .iter()
+                                .position(|b| b.addr == *a)
+                                .expect("a table backend is a route backend")
+                        })
+                        .collect();
+                    (table, index)
                 });
                 Route {
                     port: l.port,
@@ -238,6 +249,21 @@ impl Routes {
         }
     }
 
+    /// Every Maglev listener's table as text (see [`Maglev::dump`]), in
+    /// port order: the same bytes on every instance with the same live
+    /// backends and seed, whatever its history.
+    pub fn maglev_dump(&self) -> String {
+        let mut routes: Vec<&Route> = self.routes.iter().filter(|r| r.maglev.is_some()).collect();
+        routes.sort_by_key(|r| r.port);
+        let mut out = String::new();
+        for r in routes {
+            let (table, _) = r.maglev.as_ref().expect("filtered");
+            out.push_str(&format!("listener {}\n", r.port));
+            out.push_str(&table.dump());
+        }
+        out
+    }
+
     pub fn route(&self, port: u16) -> Option<&Route> {
         self.routes.iter().find(|r| r.port == port)
     }
@@ -256,7 +282,9 @@ impl Routes {
                 } else {
                     now
                 };
-                &now_or_all != live
+                let mut have = live.clone();
+                have.sort_unstable();
+                now_or_all != have
             }
         })
     }

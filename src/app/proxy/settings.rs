@@ -51,7 +51,7 @@ impl BackendSettings {
 pub struct ListenerSettings {
     pub port: u16,
     pub balance: Balance,
-    /// In the order of the file (Maglev's table depends on it).
+    /// In the order of the file (Maglev's table does not depend on it).
     pub backends: Vec<BackendSettings>,
 }
 
@@ -106,6 +106,9 @@ pub struct ProxySettings {
     pub listeners: Vec<ListenerSettings>,
     pub health: Health,
     pub timeouts: Timeouts,
+    /// Seeds the Maglev tables: instances of one fleet share it, so they
+    /// send a client to the same backend.
+    pub maglev_seed: u64,
 }
 
 impl ProxySettings {

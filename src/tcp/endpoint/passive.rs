@@ -59,6 +59,7 @@ impl Endpoint {
             }
             self.stats.dropped_segments += 1;
             if let Some(rst) = reset_for(seg, payload.len()) {
+                self.stats.rst_unknown_flow += 1;
                 self.push_control(tuple, rst);
             }
             return;
