@@ -32,6 +32,7 @@ impl Config {
                     port: l.port,
                     balance: l.balance,
                     backends: l.backends.clone(),
+                    slow_start: l.slow_start,
                 })
                 .collect(),
             health: self.health,

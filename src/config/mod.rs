@@ -53,6 +53,7 @@ pub struct Listener {
     pub balance: Balance,
     /// In the order of the file (Maglev's table depends on it).
     pub backends: Vec<BackendSettings>,
+    pub slow_start: Duration,
 }
 
 /// Connections from the sidecar to backends: local ports and TIME_WAIT.

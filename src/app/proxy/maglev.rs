@@ -15,9 +15,16 @@
 //! backend claims its preferred slots from backends above their fair share.
 //! So removing a backend moves exactly that backend's clients, adding one
 //! moves clients only to it, and every backend keeps its share within one
-//! slot. The cost: after changes the table depends on their history, not
+//! slot (of its weighted share). The cost: after changes the table depends on their history, not
 //! only on the current set (two sidecars that lived through different
 //! changes may disagree; a restart gives the paper's table again).
+//!
+//! Weights (the paper, section 3.4: "backends with higher weights ... have
+//! more chances to fill entries"; Linux IPVS `ip_vs_mh.c` does it with
+//! turns): in each round of the population a backend of weight `w` claims
+//! up to `w / gcd(weights)` slots in a row, and its share of the table is
+//! `M * w / sum(w)` (within one slot). All weights 1 is the unweighted
+//! table.
 
 use std::hash::Hasher;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -54,10 +61,16 @@ pub fn client_key(ip: Ipv4Addr) -> u64 {
     sip(KEY_CLIENT, &ip.octets())
 }
 
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// A lookup table from client hashes to backends.
 #[derive(Clone, Debug)]
 pub struct Maglev {
     backends: Vec<SocketAddrV4>,
+    /// Per backend, at least 1.
+    weights: Vec<u32>,
     /// Per slot, an index into `backends`.
     entries: Vec<u16>,
 }
@@ -98,6 +111,13 @@ impl Maglev {
     /// The paper's table with `m` slots; `m` must be prime (so every skip
     /// walks every slot) and at least the number of backends.
     pub fn with_size(backends: &[SocketAddrV4], m: usize) -> Self {
+        Self::weighted(backends, &vec![1; backends.len()], m)
+    }
+
+    /// The paper's weighted table: `weights[i]` (at least 1; 0 is read as
+    /// 1, leave a drained backend out instead) for `backends[i]`.
+    pub fn weighted(backends: &[SocketAddrV4], weights: &[u32], m: usize) -> Self {
+        assert_eq!(backends.len(), weights.len(), "one weight per backend");
         assert!(
             (2..=u32::MAX as usize).contains(&m),
             "table size {m} out of range"
@@ -108,6 +128,7 @@ impl Maglev {
         );
         let mut table = Maglev {
             backends: backends.to_vec(),
+            weights: weights.iter().map(|&w| w.max(1)).collect(),
             entries: vec![NONE; m],
         };
         table.populate();
@@ -117,6 +138,12 @@ impl Maglev {
     /// A table for `backends` that keeps every slot of a backend still
     /// present unless a new backend needs it to reach its share.
     pub fn rebuild(&self, backends: &[SocketAddrV4]) -> Self {
+        self.rebuild_weighted(backends, &vec![1; backends.len()])
+    }
+
+    /// [`Maglev::rebuild`] with weights (as in [`Maglev::weighted`]).
+    pub fn rebuild_weighted(&self, backends: &[SocketAddrV4], weights: &[u32]) -> Self {
+        assert_eq!(backends.len(), weights.len(), "one weight per backend");
         assert!(backends.len() < NONE as usize, "too many backends");
         let m = self.entries.len();
         let map: Vec<u16> = self
@@ -136,6 +163,7 @@ impl Maglev {
             .collect();
         let mut table = Maglev {
             backends: backends.to_vec(),
+            weights: weights.iter().map(|&w| w.max(1)).collect(),
             entries,
         };
         if backends.is_empty() {
@@ -161,15 +189,27 @@ impl Maglev {
                 count[e as usize] += 1;
             }
         }
-        // Shares: M / n each, one more for M % n backends: those holding
-        // the most slots already (so an unchanged set moves nothing), then
-        // the first in order (from an empty table, the paper's outcome).
+        // Shares: M * w / W each (M / n unweighted), one more for the
+        // backends left with the largest remainders of that division, ties
+        // to those holding the most slots already (so an unchanged set
+        // moves nothing), then the first in order (from an empty table,
+        // the paper's outcome).
+        let total: u64 = self.weights.iter().map(|&w| u64::from(w)).sum();
+        let mut target: Vec<usize> = self
+            .weights
+            .iter()
+            .map(|&w| (m as u64 * u64::from(w) / total) as usize)
+            .collect();
+        let rem = |i: usize| (m as u64 * u64::from(self.weights[i])) % total;
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| (std::cmp::Reverse(count[i]), i));
-        let mut target = vec![m / n; n];
-        for &i in &order[..m % n] {
+        order.sort_by_key(|&i| (std::cmp::Reverse(rem(i)), std::cmp::Reverse(count[i]), i));
+        let left = m - target.iter().sum::<usize>();
+        for &i in &order[..left] {
             target[i] += 1;
         }
+        // Turns per round: IPVS mh's `turns = weight / gcd`.
+        let g = self.weights.iter().fold(0u32, |g, &w| gcd(g, w)).max(1);
+        let turns: Vec<u32> = self.weights.iter().map(|&w| w / g).collect();
         let mut perms: Vec<Permutation> = self
             .backends
             .iter()
@@ -178,29 +218,31 @@ impl Maglev {
         loop {
             let mut claimed = false;
             for i in 0..n {
-                if count[i] >= target[i] {
-                    continue;
-                }
-                // Terminates within m steps: while i is below its share some
-                // slot is free or held by a backend above its share, and a
-                // slot skipped once (held by a backend at or below its share)
-                // stays so.
-                while perms[i].next < m {
-                    let slot = perms[i].advance(m);
-                    let owner = self.entries[slot];
-                    if owner == NONE {
-                        self.entries[slot] = i as u16;
-                        count[i] += 1;
-                        claimed = true;
+                for _ in 0..turns[i] {
+                    if count[i] >= target[i] {
                         break;
                     }
-                    let o = owner as usize;
-                    if o != i && count[o] > target[o] {
-                        count[o] -= 1;
-                        self.entries[slot] = i as u16;
-                        count[i] += 1;
-                        claimed = true;
-                        break;
+                    // Terminates within m steps: while i is below its share some
+                    // slot is free or held by a backend above its share, and a
+                    // slot skipped once (held by a backend at or below its share)
+                    // stays so.
+                    while perms[i].next < m {
+                        let slot = perms[i].advance(m);
+                        let owner = self.entries[slot];
+                        if owner == NONE {
+                            self.entries[slot] = i as u16;
+                            count[i] += 1;
+                            claimed = true;
+                            break;
+                        }
+                        let o = owner as usize;
+                        if o != i && count[o] > target[o] {
+                            count[o] -= 1;
+                            self.entries[slot] = i as u16;
+                            count[i] += 1;
+                            claimed = true;
+                            break;
+                        }
                     }
                 }
             }
@@ -209,6 +251,12 @@ impl Maglev {
             }
         }
         debug_assert!(self.entries.iter().all(|&e| e != NONE));
+    }
+
+    /// The weights the table was built with, in the order of
+    /// [`Maglev::backends`].
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
     }
 
     /// The backends the table was built for, in their order.
@@ -401,5 +449,26 @@ mod tests {
         assert_eq!(back.shares().iter().sum::<usize>(), TABLE_SIZE);
         assert_eq!(owners(&back), owners(&t), "from empty: the paper's table");
         assert_eq!(Maglev::new(&[]).lookup(7), None);
+    }
+
+    #[test]
+    fn weighted_shares_follow_the_weights() {
+        let b = addrs(3);
+        let t = Maglev::weighted(&b, &[1, 2, 3], TABLE_SIZE);
+        let shares = t.shares();
+        for (i, w) in [1usize, 2, 3].into_iter().enumerate() {
+            let want = TABLE_SIZE * w / 6;
+            assert!(shares[i].abs_diff(want) <= 1, "{shares:?}");
+        }
+        // Equal weights are the unweighted table.
+        let even = Maglev::weighted(&b, &[4, 4, 4], 251);
+        assert_eq!(owners(&even), owners(&Maglev::with_size(&b, 251)));
+        // Reweighting moves slots only towards the heavier backend.
+        let more = t.rebuild_weighted(&b, &[1, 2, 6]);
+        let (before, after) = (owners(&t), owners(&more));
+        for (x, y) in before.iter().zip(&after) {
+            assert!(x == y || *y == b[2], "{x} -> {y}");
+        }
+        assert!(more.shares()[2].abs_diff(TABLE_SIZE * 6 / 9) <= 1);
     }
 }

@@ -34,15 +34,31 @@ impl Balance {
     }
 }
 
+/// The largest backend weight (Maglev tables stay fair up to it).
+pub const MAX_WEIGHT: u32 = 256;
+
 /// One backend of a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSettings {
     pub addr: SocketAddrV4,
+    /// Relative share of new sessions; 0 drains (no new sessions, the open
+    /// ones finish).
+    pub weight: u32,
+    /// Open sessions to it at most (over all shards and listeners); more
+    /// clients wait up to `connect` in a bounded queue. `None`: no limit.
+    pub max_connections: Option<u32>,
+    /// Takes sessions only while no primary backend of the listener is up.
+    pub backup: bool,
 }
 
 impl BackendSettings {
     pub fn new(addr: SocketAddrV4) -> Self {
-        BackendSettings { addr }
+        BackendSettings {
+            addr,
+            weight: 1,
+            max_connections: None,
+            backup: false,
+        }
     }
 }
 
@@ -53,6 +69,9 @@ pub struct ListenerSettings {
     pub balance: Balance,
     /// In the order of the file (Maglev's table depends on it).
     pub backends: Vec<BackendSettings>,
+    /// A backend that comes up (or back) ramps from weight 1 to its weight
+    /// over this long. Zero: at once.
+    pub slow_start: Duration,
 }
 
 /// Active health checks.
