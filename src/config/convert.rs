@@ -33,6 +33,7 @@ impl Config {
                     balance: l.balance,
                     backends: l.backends.clone(),
                     slow_start: l.slow_start,
+                    proxy_protocol: l.proxy_protocol,
                 })
                 .collect(),
             health: self.health,

@@ -27,7 +27,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::app::proxy::settings::{BackendSettings, Balance, Health, Timeouts};
+pub use crate::app::proxy::settings::{BackendSettings, Balance, Health, ProxyProtocol, Timeouts};
 use crate::xdp::XdpMode;
 pub use error::ConfigError;
 pub use parse::parse_port_range;
@@ -54,6 +54,7 @@ pub struct Listener {
     /// In the order of the file (Maglev's table depends on it).
     pub backends: Vec<BackendSettings>,
     pub slow_start: Duration,
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Connections from the sidecar to backends: local ports and TIME_WAIT.

@@ -10,7 +10,10 @@ use toml::Spanned;
 
 use super::error::Source;
 use super::schema::{RawBackend, RawConfig, RawHealth, RawListener, RawTimeouts, RawUpstream};
-use super::{BackendSettings, Balance, Config, ConfigError, Health, Listener, Timeouts, Upstream};
+use super::{
+    BackendSettings, Balance, Config, ConfigError, Health, Listener, ProxyProtocol, Timeouts,
+    Upstream,
+};
 use crate::app::proxy::settings::MAX_WEIGHT;
 use crate::xdp::XdpMode;
 
@@ -254,10 +257,23 @@ fn listener(
             format!("listener.backends: every backend of listener {port} is a backup; make at least one a primary"),
         ));
     }
+    let proxy_protocol = match &l.proxy_protocol {
+        None => ProxyProtocol::Off,
+        Some(v) => ProxyProtocol::from_name(v.get_ref()).ok_or_else(|| {
+            src.at(
+                v,
+                format!(
+                    "listener.proxy_protocol = {:?}: expected \"off\", \"v1\" or \"v2\"",
+                    v.get_ref()
+                ),
+            )
+        })?,
+    };
     Ok(Listener {
         port,
         balance,
         backends,
+        proxy_protocol,
         slow_start: millis(
             src,
             l.slow_start_ms.as_ref(),

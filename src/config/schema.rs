@@ -28,6 +28,7 @@ pub struct RawListener {
     pub balance: Option<Spanned<String>>,
     pub backends: Spanned<Vec<Spanned<RawBackend>>>,
     pub slow_start_ms: Option<Spanned<u64>>,
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 /// A backend: `"ip:port"` or `{ addr = "ip:port", weight = 3, ... }`.

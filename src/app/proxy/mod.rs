@@ -25,6 +25,7 @@ pub mod balance;
 pub mod health;
 pub mod maglev;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod settings;
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,7 @@ use crate::tcp::{ConnId, ConnectError, Event, Instant};
 use balance::Pick;
 use health::{HealthState, Transition};
 use pool::{Backend, Failure, RouteCell, Routes, Slot};
+use proxy_protocol::ProxyProtocol;
 use settings::Health;
 
 /// How often deadlines (connect, idle, health checks) are looked at.
@@ -574,6 +576,22 @@ impl Proxy {
             Event::Connected => {
                 s.connected = true;
                 s.last_active = ctx.now();
+                // The PROXY header goes before any client byte; the send
+                // buffer of a fresh connection has room for it.
+                let version = self
+                    .routes
+                    .route(s.port)
+                    .map_or(ProxyProtocol::Off, |r| r.proxy_protocol);
+                if version != ProxyProtocol::Off
+                    && let (Some(t), Some(up)) = (ctx.tuple(s.client), s.upstream)
+                {
+                    let mut header = [0u8; proxy_protocol::MAX_HEADER];
+                    let n = proxy_protocol::encode(version, t.remote, t.local, &mut header);
+                    if !matches!(ctx.send(up, &header[..n]), Ok(sent) if sent == n) {
+                        self.abort_both(ctx, sid);
+                        return;
+                    }
+                }
                 if let Some(b) = &s.backend {
                     b.opened();
                 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::maglev::{Maglev, TABLE_SIZE};
+use super::proxy_protocol::ProxyProtocol;
 use super::settings::{BackendSettings, Balance, Health, ProxySettings, Timeouts};
 use crate::tcp::Instant;
 
@@ -251,6 +252,8 @@ pub struct Route {
     /// Per backend (same index): weight, limit and role in this listener.
     pub settings: Vec<BackendSettings>,
     pub slow_start: Duration,
+    /// The PROXY header sent upstream.
+    pub proxy_protocol: ProxyProtocol,
     /// For `round-robin`: primary backend indices in smooth weighted
     /// round-robin order, each `weight` times (weight 0: absent).
     pub schedule: Vec<u32>,
@@ -298,6 +301,7 @@ impl Routes {
                     backends,
                     settings: l.backends.clone(),
                     slow_start: l.slow_start,
+                    proxy_protocol: l.proxy_protocol,
                     schedule: smooth_schedule(&l.backends, false),
                     backup_schedule: smooth_schedule(&l.backends, true),
                     maglev: None,

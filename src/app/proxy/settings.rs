@@ -6,6 +6,8 @@
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
+pub use super::proxy_protocol::ProxyProtocol;
+
 /// How a listener picks a backend for a new client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Balance {
@@ -72,6 +74,8 @@ pub struct ListenerSettings {
     /// A backend that comes up (or back) ramps from weight 1 to its weight
     /// over this long. Zero: at once.
     pub slow_start: Duration,
+    /// The PROXY protocol header sent to the backend first.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Active health checks.
