@@ -607,7 +607,7 @@ mod tests {
 }
 
 /// End to end through real namespaces (root, release build of both binaries):
-/// `cargo test --release --bin turnstile-bench -- --ignored`.
+/// `cargo test --profile ci --bin turnstile-bench -- --ignored`.
 #[cfg(test)]
 mod smoke {
     use super::*;

@@ -1,12 +1,10 @@
 //! Sampling a namespace once a second from a thread that has joined it
-//! (setns affects only the calling thread): the kernel's TIME_WAIT count from
+//! (`turnstile::topology::enter_netns`: setns affects only the calling thread): the kernel's TIME_WAIT count from
 //! /proc/thread-self/net/sockstat, and chosen turnstile metrics scraped over
 //! the namespace's own loopback. No process is spawned per sample.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -47,27 +45,6 @@ pub fn parse_ss_time_wait(text: &str) -> u64 {
         .count() as u64
 }
 
-pub fn join(netns: &str) -> anyhow::Result<()> {
-    let path = format!("/run/netns/{netns}");
-    let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-    // SAFETY: setns on a namespace fd we hold; affects this thread only.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("setns {netns}"));
-    }
-    Ok(())
-}
-
-/// GET /metrics over plain HTTP/1.0 (in the caller's namespace).
-pub fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Vec<NsSample>>>,
@@ -88,8 +65,8 @@ impl Sampler {
         let handle = std::thread::Builder::new()
             .name(format!("sample-{netns}"))
             .spawn(move || {
-                if let Err(e) = join(&ns) {
-                    let _ = tx.send(Err(e));
+                if let Err(e) = turnstile::topology::enter_netns(&ns) {
+                    let _ = tx.send(Err(anyhow::Error::from(e)));
                     return Vec::new();
                 }
                 let _ = tx.send(Ok(()));
@@ -110,7 +87,9 @@ impl Sampler {
                         .ok()
                         .and_then(|t| parse_sockstat_tw(&t))
                         .unwrap_or(0);
-                    if let Some(text) = metrics.and_then(scrape) {
+                    if let Some(text) = metrics.and_then(|a| {
+                        turnstile::testkit::scrape(a, Duration::from_millis(500)).ok()
+                    }) {
                         for n in &names {
                             if let Some(v) = turnstile::metrics::sample(&text, n) {
                                 sample.metrics.insert(n.clone(), v);

@@ -2,14 +2,14 @@
 //! collected, killed and reaped on drop; CPU time and peak RSS from /proc
 //! (live process trees) or from wait4's rusage (reaped children).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use turnstile::testkit::{Lines, WaitError};
 
 /// What a process used, from rusage or /proc.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -29,20 +29,11 @@ pub struct Proc {
     pub pid: i32,
     child: Child,
     reaped: bool,
-    lines: Receiver<String>,
-    stdout: Arc<Mutex<String>>,
+    lines: Lines,
     stderr: Arc<Mutex<String>>,
 }
 
 const KEEP: usize = 256 * 1024;
-
-fn append(buf: &Mutex<String>, line: &str) {
-    let mut b = buf.lock().expect("not poisoned");
-    if b.len() < KEEP {
-        b.push_str(line);
-        b.push('\n');
-    }
-}
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
@@ -52,17 +43,8 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        let (tx, lines) = channel();
-        let stdout = Arc::new(Mutex::new(String::new()));
+        let lines = Lines::spawn(child.stdout.take().expect("piped"));
         let stderr = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().expect("piped");
-        let keep = stdout.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                append(&keep, &line);
-                let _ = tx.send(line);
-            }
-        });
         let mut err = child.stderr.take().expect("piped");
         let keep = stderr.clone();
         std::thread::spawn(move || {
@@ -83,7 +65,6 @@ impl Proc {
             child,
             reaped: false,
             lines,
-            stdout,
             stderr,
         })
     }
@@ -95,33 +76,23 @@ impl Proc {
         timeout: Duration,
         stop: &AtomicBool,
     ) -> anyhow::Result<String> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) if line.starts_with(prefix) => return Ok(line),
-                Ok(_) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    // Its stdout closed: it exited. Give stderr a moment.
-                    std::thread::sleep(Duration::from_millis(100));
-                    anyhow::bail!(
-                        "{} exited before it was ready: {}",
-                        self.name,
-                        self.stderr_tail()
-                    );
-                }
+        match self.lines.wait_line(prefix, timeout, stop) {
+            Ok(line) => Ok(line),
+            Err(WaitError::Exited(_)) => {
+                // Its stdout closed: it exited. Give stderr a moment.
+                std::thread::sleep(Duration::from_millis(100));
+                anyhow::bail!(
+                    "{} exited before it was ready: {}",
+                    self.name,
+                    self.stderr_tail()
+                )
             }
+            Err(e) => anyhow::bail!("{} not ready: {e}: {}", self.name, self.stderr_tail()),
         }
-        anyhow::bail!(
-            "{} not ready after {:?} (no `{prefix}` line): {}",
-            self.name,
-            timeout,
-            self.stderr_tail()
-        )
     }
 
     pub fn stdout(&self) -> String {
-        self.stdout.lock().expect("not poisoned").clone()
+        self.lines.text()
     }
 
     pub fn stderr_tail(&self) -> String {

@@ -172,7 +172,7 @@ pub fn contenders(s: Scenario) -> Vec<Contender> {
             server: Server::KernelAfterPeer,
             proxy: Some(p),
             client: first,
-            // Both kernels tuned (BENCH-NOTES): neither the clients' ports nor
+            // Both kernels tuned (docs/BENCHMARKS.md, "Proxy churn"): neither the clients' ports nor
             // a kernel proxy's upstream ports are what is measured.
             server_sysctls: if p == Proxy::TurnstileRun {
                 Vec::new()
@@ -336,7 +336,7 @@ fn wait_port(
     let deadline = Instant::now() + timeout;
     let ok = std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<bool> {
-            crate::netns::join(&ns)?;
+            turnstile::topology::enter_netns(&ns)?;
             while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 if std::net::TcpStream::connect_timeout(
                     &SocketAddr::V4(addr),
@@ -419,7 +419,8 @@ fn start_proxy(
 }
 
 pub fn haproxy_config(listen: SocketAddrV4, backend: SocketAddrV4, threads: usize) -> String {
-    // maxconn 8000: the file-descriptor hard limit here is 20,000 (BENCH-NOTES).
+    // maxconn 8000: the file-descriptor hard limit here is 20,000
+    // (docs/BENCHMARKS.md, "File descriptors").
     format!(
         "global\n    nbthread {threads}\n    maxconn 8000\n\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    maxconn 8000\n\n\

@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(clang llvm m4 libelf-dev zlib1g-dev pkg-config libbpf-dev linux-libc-dev make
       iproute2 ethtool nftables iputils-ping tcpdump curl python3 nginx-light libnginx-mod-stream haproxy
-      procps util-linux fonts-dejavu-core)
+      procps util-linux fonts-dejavu-core valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

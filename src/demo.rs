@@ -5,7 +5,7 @@
 //! seconds, prints connections/sec and both sides' TIME_WAIT counts, and
 //! tears everything down (also on Ctrl-C or a failure).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -64,12 +64,15 @@ pub fn run() -> anyhow::Result<()> {
     let mut child = cmd.spawn().context("starting turnstile serve")?;
     let stdout = child.stdout.take().context("serve stdout")?;
     let child = topo.adopt(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    if !line.starts_with("listening ") {
+    let never = AtomicBool::new(false);
+    let Ok(line) = turnstile::testkit::Lines::spawn(stdout).wait_line(
+        "listening ",
+        Duration::from_secs(20),
+        &never,
+    ) else {
         let _ = child.kill();
         bail!("turnstile serve did not start (see its error above)");
-    }
+    };
     println!("serve: {}", line.trim());
 
     let server = SocketAddr::from((topo.server.ip, PORT));
@@ -168,7 +171,7 @@ fn client_loop(
 }
 
 fn scrape_time_wait(server: &Host) -> anyhow::Result<u64> {
-    let out = server.sh_ok(&format!("curl -s --max-time 1 http://{METRICS}/metrics"))?;
+    let out = server.scrape_metrics(METRICS.parse()?)?;
     metrics::sample(&out, "turnstile_time_wait").context("no turnstile_time_wait")
 }
 

@@ -63,6 +63,17 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Clamp the MSS below what the interface MTU allows (MTU - 40).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(88..))]
+        mss: Option<u16>,
+        /// The NIC's RSS key as hex bytes (`ethtool -x` prints it), for
+        /// drivers that do not report it; needs --rss-table.
+        #[arg(long, requires = "rss_table", value_parser = turnstile::rss::parse_key)]
+        rss_key: Option<Vec<u8>>,
+        /// The NIC's RSS indirection table: queues, comma-separated,
+        /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
+        #[arg(long, requires = "rss_key", value_parser = turnstile::rss::parse_table)]
+        rss_table: Option<Vec<u32>>,
     },
     /// Open short HTTP connections to a server through turnstile's own active
     /// opens (a load generator; prints one JSON summary line).
@@ -100,6 +111,14 @@ enum Command {
         /// Stop after this many seconds even if connections remain.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// The NIC's RSS key as hex bytes (`ethtool -x` prints it), for
+        /// drivers that do not report it; needs --rss-table.
+        #[arg(long, requires = "rss_table", value_parser = turnstile::rss::parse_key)]
+        rss_key: Option<Vec<u8>>,
+        /// The NIC's RSS indirection table: queues, comma-separated,
+        /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
+        #[arg(long, requires = "rss_key", value_parser = turnstile::rss::parse_table)]
+        rss_table: Option<Vec<u32>>,
     },
     /// Run the load-balancer sidecar from a configuration file.
     Run {
@@ -154,8 +173,13 @@ fn main() -> ExitCode {
             xdp_mode,
             msl_ms,
             metrics,
+            mss,
+            rss_key,
+            rss_table,
         } => {
             let mut opts = StackOptions::new(&iface, port);
+            opts.mss = mss;
+            opts.rss = rss_option(rss_key, rss_table);
             opts.queues = queues;
             opts.xdp_mode = xdp_mode;
             opts.metrics = metrics;
@@ -176,11 +200,14 @@ fn main() -> ExitCode {
             xdp_mode,
             metrics,
             timeout_s,
+            rss_key,
+            rss_table,
         } => {
             // The load generator listens on nothing: only its active-open
             // range is steered.
             let mut opts = StackOptions::new(&iface, Vec::new());
             opts.listen = false;
+            opts.rss = rss_option(rss_key, rss_table);
             opts.active_ports = local_ports;
             opts.queues = queues;
             opts.xdp_mode = xdp_mode;
@@ -214,6 +241,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn rss_option(key: Option<Vec<u8>>, table: Option<Vec<u32>>) -> Option<turnstile::rss::RssConfig> {
+    Some(turnstile::rss::RssConfig {
+        key: key?,
+        table: table?,
+        source: "--rss-key/--rss-table",
+    })
 }
 
 fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
@@ -299,7 +334,13 @@ fn load(opts: StackOptions, cfg: LoadConfig, timeout: Duration) -> anyhow::Resul
     })?;
     eprintln!("{}", running.listening_line(&opts.ports));
     let interrupted = wait_for_signal(|| running.finished() || started.elapsed() > timeout)?;
+    let registry = running.registry.clone();
     let apps = running.stop();
+    let handoff: u64 = registry
+        .shards
+        .iter()
+        .map(|m| m.handoff.load(Ordering::Relaxed))
+        .sum();
     let elapsed = started.elapsed().as_secs_f64();
     let mut report = LoadReport::default();
     let mut last_error = None;
@@ -325,6 +366,7 @@ fn load(opts: StackOptions, cfg: LoadConfig, timeout: Duration) -> anyhow::Resul
         "elapsed_s": elapsed,
         "rate_per_s": report.ok as f64 / elapsed.max(1e-9),
         "latency_us": { "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999) },
+        "handoff": handoff,
         "interrupted": interrupted,
         "last_error": last_error,
     });

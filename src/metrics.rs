@@ -38,6 +38,11 @@ pub struct ShardMetrics {
     /// Connections in any state but TIME_WAIT.
     pub connections: AtomicU64,
     pub time_wait_expired: AtomicU64,
+    /// Bytes of the TCP buffer pool lent to connections now, and allocated in all.
+    pub buffer_pool_in_use: AtomicU64,
+    pub buffer_pool_allocated: AtomicU64,
+    /// Chunk requests refused by the pool budget (windows shrank instead).
+    pub buffer_pool_exhausted: AtomicU64,
     pub rst_sent: AtomicU64,
     pub established: AtomicU64,
     pub time_wait: AtomicU64,
@@ -229,6 +234,21 @@ impl Registry {
             "counter",
             "TIME_WAIT entries that reached 2MSL.",
             &[("", s(|m| &m.time_wait_expired))],
+        );
+        metric(
+            "turnstile_buffer_pool_bytes",
+            "gauge",
+            "TCP buffer pool bytes, lent to connections (in_use) and taken from the heap (allocated).",
+            &[
+                ("state=\"in_use\"", s(|m| &m.buffer_pool_in_use)),
+                ("state=\"allocated\"", s(|m| &m.buffer_pool_allocated)),
+            ],
+        );
+        metric(
+            "turnstile_buffer_pool_exhausted_total",
+            "counter",
+            "Buffer chunk requests refused by the pool budget (advertised windows shrank, send took less).",
+            &[("", s(|m| &m.buffer_pool_exhausted))],
         );
         metric(
             "turnstile_handoff_dropped_total",

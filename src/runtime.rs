@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::iface::{Iface, IfaceError};
 use crate::metrics::{self, Registry, ShardMetrics};
 use crate::ports::{self, Reservation, ReserveError};
+use crate::rss::{self, RssConfig, RssSteering};
 use crate::shard::flow::FlowMap;
 use crate::shard::handoff::Exchange;
 use crate::shard::neighbors::Neighbors;
@@ -39,6 +40,11 @@ pub struct StackOptions {
     pub tcp: tcp::Config,
     /// How long SIGTERM lets established connections finish.
     pub grace: Duration,
+    /// Clamp on the MSS, which otherwise follows the interface MTU (MTU - 40).
+    pub mss: Option<u16>,
+    /// The NIC's RSS key and indirection table as the operator states them
+    /// (`--rss-key`/`--rss-table`); None reads them from the NIC.
+    pub rss: Option<RssConfig>,
 }
 
 impl StackOptions {
@@ -53,6 +59,8 @@ impl StackOptions {
             metrics: None,
             tcp: tcp::Config::default(),
             grace: Duration::from_secs(10),
+            mss: None,
+            rss: None,
         }
     }
 }
@@ -73,6 +81,32 @@ pub enum StartError {
     TooManyQueues {
         asked: u32,
         have: u32,
+        iface: String,
+    },
+    #[error(
+        "--queues {asked} is fewer than the {have} receive queues of {iface}: RSS would deliver flows to unserved queues, where the kernel resets them; leave --queues out to serve every queue, or lower the NIC's queue count with `ethtool -L {iface} combined {asked}` (veth: `rx {asked} tx {asked}`)"
+    )]
+    TooFewQueues {
+        asked: u32,
+        have: u32,
+        iface: String,
+    },
+    #[error(
+        "interface {iface} has MTU {mtu}, but an AF_XDP frame holds at most {max} bytes of IP packet (frame {frame} bytes less {headroom} of kernel headroom and 14 of Ethernet header); lower it with `ip link set dev {iface} mtu {max}`"
+    )]
+    MtuTooLarge {
+        iface: String,
+        mtu: u32,
+        max: u32,
+        frame: u32,
+        headroom: u32,
+    },
+    #[error("interface {iface} has MTU {mtu}: TCP over IPv4 needs at least 576 (RFC 791)")]
+    MtuTooSmall { iface: String, mtu: u32 },
+    #[error("the RSS table names queue {queue}, but {iface} is served with {queues} queues")]
+    RssTable {
+        queue: u32,
+        queues: u32,
         iface: String,
     },
     #[error("--queues must be at least 1")]
@@ -189,6 +223,21 @@ where
             iface: iface.name.clone(),
         });
     }
+    // Fewer shards than queues is refused rather than served: an AF_XDP
+    // socket receives only from the queue it is bound to, and the program
+    // cannot redirect to a socket of another queue, so a flow that RSS puts
+    // on an unserved queue would reach the kernel and be reset.
+    if queues < iface.rx_queues {
+        return Err(StartError::TooFewQueues {
+            asked: queues,
+            have: iface.rx_queues,
+            iface: iface.name.clone(),
+        });
+    }
+    let xsk_cfg = XskConfig::default();
+    let mss = mss_for(&iface.name, &xsk_cfg, opts.mss)?;
+    let shards_hint = queues as usize;
+    let rss = rss_steering(opts, &iface.name, shards_hint)?;
     let shards = queues as usize;
     if opts.active_ports.clone().count() < shards {
         return Err(StartError::ActiveRange {
@@ -204,7 +253,7 @@ where
     let xdp = Arc::new(XdpProgram::attach(&iface.name, opts.xdp_mode)?);
     let mut sockets = Vec::with_capacity(shards);
     for q in 0..queues {
-        let sock = XskSocket::open(&iface.name, q, XskConfig::default())?;
+        let sock = XskSocket::open(&iface.name, q, xsk_cfg)?;
         xdp.register_socket(q, sock.fd())?;
         sockets.push(sock);
     }
@@ -218,7 +267,10 @@ where
     // answered before its replies are ours.
     xdp.enable(Some(iface.ipv4))?;
 
-    let flows = FlowMap::new(shards, opts.active_ports.clone());
+    let flows = match rss {
+        Some(r) => FlowMap::with_rss(shards, opts.active_ports.clone(), r),
+        None => FlowMap::new(shards, opts.active_ports.clone()),
+    };
     let exchange = Exchange::new(shards);
     let control = Arc::new(AtomicU8::new(RUNNING));
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -231,6 +283,8 @@ where
         registry.shards.push(m.clone());
         let mut cfg = opts.tcp.clone();
         cfg.port_range = flows.port_slice(id);
+        cfg.port_filter = flows.port_filter(id);
+        cfg.mss = mss;
         let shard = Shard {
             id,
             xsk,
@@ -283,4 +337,90 @@ where
         xdp: Some(xdp),
         _reservation: reservation,
     })
+}
+
+/// Headroom the kernel keeps at the start of every AF_XDP frame
+/// (XDP_PACKET_HEADROOM) before the packet.
+const XDP_HEADROOM: u32 = 256;
+
+/// The interface's MTU (sysfs), checked against one AF_XDP frame; returns
+/// the MSS to advertise and send with: MTU - 40 (IPv4 and TCP headers
+/// without options, RFC 9293 3.7.1), lowered to `clamp` when given.
+fn mss_for(iface: &str, xsk: &XskConfig, clamp: Option<u16>) -> Result<u16, StartError> {
+    let mtu = crate::iface::mtu(iface).unwrap_or(1500);
+    let max = xsk.frame_size - XDP_HEADROOM - 14;
+    if mtu > max {
+        return Err(StartError::MtuTooLarge {
+            iface: iface.to_string(),
+            mtu,
+            max,
+            frame: xsk.frame_size,
+            headroom: XDP_HEADROOM,
+        });
+    }
+    if mtu < 576 {
+        return Err(StartError::MtuTooSmall {
+            iface: iface.to_string(),
+            mtu,
+        });
+    }
+    let from_mtu = (mtu - 40) as u16;
+    Ok(clamp.map_or(from_mtu, |c| c.min(from_mtu)))
+}
+
+/// The NIC's RSS as far as it can be used to keep flows on their queue:
+/// the operator's statement, else what the driver reports. One line on
+/// stderr says which, or why shards hand frames off instead.
+fn rss_steering(
+    opts: &StackOptions,
+    iface: &str,
+    shards: usize,
+) -> Result<Option<Arc<RssSteering>>, StartError> {
+    let found = match &opts.rss {
+        Some(cfg) => Ok(cfg.clone()),
+        None => rss::read_nic(iface),
+    };
+    let cfg = match found {
+        Ok(cfg) => cfg,
+        Err(why) => {
+            if shards > 1 {
+                eprintln!(
+                    "note: {iface}: RSS unknown ({why}); frames arriving on another shard's queue are handed off"
+                );
+            }
+            return Ok(None);
+        }
+    };
+    if let Some(&queue) = cfg.table.iter().find(|&&q| q as usize >= shards) {
+        return Err(StartError::RssTable {
+            queue,
+            queues: shards as u32,
+            iface: iface.to_string(),
+        });
+    }
+    if shards == 1 {
+        return Ok(None);
+    }
+    let Some(steering) = RssSteering::new(&cfg) else {
+        return Ok(None);
+    };
+    let unserved: Vec<String> = (0..shards as u32)
+        .filter(|q| !steering.serves(*q))
+        .map(|q| q.to_string())
+        .collect();
+    let tail = if unserved.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (queues {} are in no table entry: their shards open no connections)",
+            unserved.join(",")
+        )
+    };
+    eprintln!(
+        "note: {iface}: RSS Toeplitz key ({} bytes) and {}-entry table from {}: active-open ports chosen per queue, passive flows kept on their arrival queue{tail}",
+        cfg.key.len(),
+        cfg.table.len(),
+        cfg.source
+    );
+    Ok(Some(Arc::new(steering)))
 }

@@ -4,9 +4,10 @@
 //! Every topology gets unique names, addresses in 198.18.0.0/15 (the
 //! benchmarking range) and is torn down on drop, also when a test panics.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -48,14 +49,21 @@ impl Host {
     /// Moves the calling thread into this host's namespace (setns(2)); its
     /// sockets from then on are this host's.
     pub fn enter(&self) -> std::io::Result<()> {
-        let path = format!("/var/run/netns/{}", self.netns);
-        let file = std::fs::File::open(&path)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid namespace fd; setns only affects this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        enter_netns(&self.netns)
+    }
+
+    /// Scrapes a Prometheus endpoint listening inside this namespace (e.g.
+    /// on its loopback), from a short-lived thread that joins it, so the
+    /// caller's own namespace is untouched and no process is spawned.
+    pub fn scrape_metrics(&self, addr: SocketAddr) -> std::io::Result<String> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter()?;
+                crate::testkit::scrape(addr, Duration::from_secs(5))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("scrape thread panicked")))
+        })
     }
 
     /// Runs a shell line in this namespace and returns its output.
@@ -76,6 +84,21 @@ impl Host {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// Moves the calling thread into the named namespace (`ip netns` names, from
+/// /run/netns) with setns(2); it affects only this thread.
+pub fn enter_netns(netns: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{netns}");
+    let file = std::fs::File::open(&path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("open {path}: {e}")))?;
+    // SAFETY: a valid namespace fd we hold; setns only affects this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(e.kind(), format!("setns {netns}: {e}")));
+    }
+    Ok(())
 }
 
 /// Two hosts joined by veth: `server` is where turnstile runs, `client` is

@@ -107,7 +107,7 @@ print(refused, worst, other[:3])
 
     let mut text = String::new();
     assert!(
-        eventually(Duration::from_secs(2), || {
+        eventually(Duration::from_secs(15), || {
             text = scrape(&topo, "127.0.0.1:9901");
             metric(&text, "turnstile_rst_sent_total") >= 1000
         }),
@@ -159,7 +159,7 @@ fn sigkill_leaves_no_xdp_program_and_a_restart_works() {
     // SAFETY: plain kill(2) of the child we started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     assert!(
-        eventually(Duration::from_secs(5), || !xdp_attached(&topo)),
+        eventually(Duration::from_secs(15), || !xdp_attached(&topo)),
         "a killed turnstile must leave no XDP program"
     );
     let (line, _) = start_serve(&mut topo, &["--port", "7000"]);
@@ -183,8 +183,8 @@ fn sigterm_detaches_and_exits_zero() {
     let mut child = spawn_serve_owned(&topo, &["--port", "7000"]);
     // SAFETY: plain kill(2) of the child we started.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    let status = wait_exit(&mut child, Duration::from_secs(5))
-        .expect("turnstile must exit within 5 s of SIGTERM");
+    let status = wait_exit(&mut child, Duration::from_secs(8))
+        .expect("turnstile must exit within 8 s of SIGTERM (before its 10 s drain grace)");
     assert!(status.success(), "exit status {status:?}");
     assert!(!xdp_attached(&topo));
 }
@@ -226,7 +226,7 @@ print(refused)
     // Shards publish their counters every 50 ms.
     let mut text = String::new();
     assert!(
-        eventually(Duration::from_secs(2), || {
+        eventually(Duration::from_secs(15), || {
             text = scrape(&topo, "127.0.0.1:9902");
             metric(&text, "turnstile_rst_sent_total") >= 200
         }),

@@ -14,6 +14,8 @@ struct Counting;
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed on this thread while counting.
+    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
 }
 
 fn note() {
@@ -24,20 +26,32 @@ fn note() {
     });
 }
 
+fn net(bytes: i64) {
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = NET_BYTES.try_with(|a| a.set(a.get() + bytes));
+        }
+    });
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note();
+        net(layout.size() as i64);
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note();
+        net(layout.size() as i64);
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note();
+        net(new_size as i64 - layout.size() as i64);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        net(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -47,11 +61,17 @@ static GLOBAL: Counting = Counting;
 
 /// Allocations made by `f` on this thread.
 fn allocations_in(f: impl FnOnce()) -> u64 {
+    allocations_and_growth_in(f).0
+}
+
+/// Allocations made by `f` on this thread, and by how many bytes its heap grew.
+fn allocations_and_growth_in(f: impl FnOnce()) -> (u64, i64) {
     ALLOCATIONS.with(|a| a.set(0));
+    NET_BYTES.with(|a| a.set(0));
     COUNTING.with(|c| c.set(true));
     f();
     COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.with(|a| a.get())
+    (ALLOCATIONS.with(|a| a.get()), NET_BYTES.with(|a| a.get()))
 }
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -64,6 +84,8 @@ struct Net {
     seg: Vec<u8>,
     app: Vec<u8>,
     data: Vec<u8>,
+    /// Churn with the client closing first (its TIME-WAIT entries hold ports).
+    client_closes: bool,
     /// Segments moved (to show the measured phase did work).
     moved: u64,
 }
@@ -79,6 +101,7 @@ impl Net {
             seg: vec![0; 2048],
             app: vec![0; 16384],
             data: (0..16384u32).map(|i| i as u8).collect(),
+            client_closes: false,
             moved: 0,
         }
     }
@@ -121,8 +144,12 @@ impl Net {
                     }
                     if bulk.is_none() && total > 0 {
                         self.b.send(id, b"response").unwrap();
-                        self.b.close(id).unwrap();
+                        if !self.client_closes {
+                            self.b.close(id).unwrap();
+                        }
                     }
+                } else if ev == Event::PeerClosed {
+                    self.b.close(id).unwrap();
                 }
             }
             while let Some((id, ev)) = self.a.poll_event() {
@@ -130,8 +157,16 @@ impl Net {
                     Event::Connected if bulk.is_none() => {
                         self.a.send(id, b"request").unwrap();
                     }
-                    Event::Readable => while self.a.recv(id, &mut self.app).unwrap() > 0 {},
-                    Event::PeerClosed => self.a.close(id).unwrap(),
+                    Event::Readable => {
+                        let mut total = 0;
+                        while let n @ 1.. = self.a.recv(id, &mut self.app).unwrap() {
+                            total += n;
+                        }
+                        if self.client_closes && bulk.is_none() && total > 0 {
+                            self.a.close(id).unwrap();
+                        }
+                    }
+                    Event::PeerClosed if !self.client_closes => self.a.close(id).unwrap(),
                     Event::Closed => closed += 1,
                     _ => {}
                 }
@@ -153,8 +188,12 @@ impl Net {
     }
 
     fn churn(&mut self, n: usize) {
+        self.churn_every(n, Duration::from_micros(20));
+    }
+
+    fn churn_every(&mut self, n: usize, gap: Duration) {
         for _ in 0..n {
-            self.tick(Duration::from_micros(20));
+            self.tick(gap);
             self.a
                 .connect(A, SocketAddrV4::new(B, 80), self.now)
                 .unwrap();
@@ -213,4 +252,34 @@ fn no_allocation_per_segment_in_steady_state() {
     );
     assert!(net.b.stats().time_wait_recycled_passive > 0);
     assert_eq!(n, 0, "allocations during connection churn");
+}
+
+/// An active closer (its TIME-WAIT entries hold ports to one destination)
+/// churning below saturation for a simulated hour: ports are never exhausted
+/// and the destination never idle, the case where per-destination TIME-WAIT
+/// reuse records used to grow by one per connection forever. After a warm-up
+/// the heap does not grow at all.
+#[test]
+fn active_closer_below_saturation_for_an_hour_holds_memory_flat() {
+    let mut net = Net::new(Config {
+        msl: Duration::from_secs(1),
+        port_range: 40000..=43999, // 4,000 ports / 2 s of TIME-WAIT: 2,000/s saturates
+        ..Config::default()
+    });
+    net.client_closes = true;
+    // 200 connections a simulated second, a tenth of saturation.
+    let gap = Duration::from_millis(5);
+    net.churn_every(20_000, gap); // 100 s of warm-up
+    let (allocations, growth) = allocations_and_growth_in(|| net.churn_every(700_000, gap));
+    eprintln!(
+        "active closer: 700,000 connections over 3,500 simulated s, {allocations} allocations, heap growth {growth} bytes; client TIME-WAIT {}",
+        net.a.time_wait_count()
+    );
+    assert!(net.a.stats().time_wait_entered >= 720_000);
+    assert!(
+        net.a.time_wait_count() > 300,
+        "the client holds TIME-WAIT entries"
+    );
+    assert!(growth <= 0, "heap grew by {growth} bytes");
+    assert_eq!(allocations, 0, "allocations during steady churn");
 }

@@ -52,11 +52,7 @@ fn resolve_in(host: &Host, dst: Ipv4Addr, timeout: Duration) -> Result<[u8; 6], 
 }
 
 fn enter_netns(name: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{name}")).expect("open netns");
-    // SAFETY: setns on a namespace file we hold open; it changes only this
-    // thread's network namespace.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    turnstile::topology::enter_netns(name).expect("enter the namespace");
 }
 
 /// The address `n` on the hosts' /24.

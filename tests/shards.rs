@@ -98,7 +98,7 @@ print(sum(bad.values()), sum(bad_conc.values()), dict(bad), dict(bad_conc))
     // Shards publish their counters every 50 ms: allow for that.
     let mut text = String::new();
     assert!(
-        eventually(Duration::from_secs(2), || {
+        eventually(Duration::from_secs(15), || {
             text = scrape(&topo, "127.0.0.1:9911");
             metric(&text, "turnstile_connections_accepted_total") >= 20_001
         }),
@@ -108,7 +108,7 @@ print(sum(bad.values()), sum(bad_conc.values()), dict(bad), dict(bad_conc))
     assert!(tw > 0, "TIME_WAIT entries must be reported: {text}");
     let mut last = String::new();
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(20), || {
             last = scrape(&topo, "127.0.0.1:9911");
             metric(&last, "turnstile_time_wait") == 0
         }),
@@ -264,7 +264,7 @@ print(ok)
     );
     let mut text = String::new();
     assert!(
-        eventually(Duration::from_secs(3), || {
+        eventually(Duration::from_secs(15), || {
             text = scrape(&topo, "127.0.0.1:9913");
             metric(
                 &text,
@@ -356,18 +356,18 @@ fn run_load(topo: &Topology, extra: &[&str]) -> (bool, serde_json::Value) {
     (out.status.success(), json)
 }
 
-fn kernel_resets(topo: &Topology) -> (u64, u64) {
-    let out = topo
-        .client
-        .sh_ok("nstat -az TcpOutRsts TcpEstabResets TcpAttemptFails")
-        .unwrap_or_default();
-    let get = |k: &str| {
-        out.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0u64)
-    };
-    (get("TcpOutRsts"), get("TcpEstabResets"))
+/// The kernel peer's TCP counters (all of them, zeros included) since the
+/// last `nstat -n`.
+fn kernel_counters(topo: &Topology) -> std::collections::BTreeMap<String, u64> {
+    let out = topo.client.sh_ok("nstat -az").unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let k = w.next()?;
+            let v = w.next()?.parse().ok()?;
+            Some((k.to_string(), v))
+        })
+        .collect()
 }
 
 #[test]
@@ -378,6 +378,13 @@ fn active_opens_recycle_time_wait_through_a_small_port_range() {
     let _serial = serial();
     let mut topo = two_queues();
     let dir = start_nginx(&mut topo);
+    // Both veth ends: the client end sees every segment either way; the
+    // server end shows what the kernel there saw (AF_XDP bypasses its taps).
+    let mut cap = capture::Capture::start(
+        "active-recycle",
+        &[&topo.client, &topo.server],
+        "tcp port 8081",
+    );
     topo.client.sh_ok("nstat -n").ok(); // reset the kernel's counters
     let (ok, json) = run_load(
         &topo,
@@ -394,18 +401,123 @@ fn active_opens_recycle_time_wait_through_a_small_port_range() {
             "127.0.0.1:9914",
         ],
     );
-    assert!(ok, "all 20,000 connections must succeed: {json}");
-    assert_eq!(json["ok"], 20000, "{json}");
-    assert_eq!(json["failed"], 0, "{json}");
-    let (rsts, resets) = kernel_resets(&topo);
-    assert_eq!(
-        (rsts, resets),
-        (0, 0),
-        "the kernel server saw no refusal or reset"
-    );
+    let counters = kernel_counters(&topo);
+    let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+    let (rsts, resets) = (get("TcpOutRsts"), get("TcpEstabResets"));
     let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-    assert!(!log.contains("reset by peer"), "{log}");
+    // The one RST the kernel may send here: when our ACK of its FIN is late
+    // (our shard starved of CPU past the kernel's RTO), the kernel
+    // retransmits the FIN; we then ACK the FIN and, from TIME_WAIT, ACK the
+    // retransmission again (RFC 9293 3.10.7.4: TIME-WAIT acknowledges a
+    // retransmitted FIN). The first ACK closes the kernel's socket, so the
+    // second reaches no connection and is answered with a RST (RFC 9293
+    // 3.10.7.1), which TIME_WAIT ignores (RFC 1337). Every other kernel RST
+    // is a failure.
+    let allowed = if rsts > 0 {
+        cap.stop();
+        let client = format!("{}.8081", topo.client.ip);
+        let segs = capture::read_segments(&cap.files()[0]);
+        classify_kernel_resets(&segs, &client)
+    } else {
+        Ok(0)
+    };
+    let exact = matches!(allowed, Ok(n) if n == rsts);
+    if !ok || json["failed"] != 0 || !exact || resets != 0 || log.contains("reset by peer") {
+        let files = cap.keep();
+        let nonzero: Vec<_> = counters.iter().filter(|(_, v)| **v > 0).collect();
+        panic!(
+            "load {json}\nkernel peer: TcpOutRsts {rsts} TcpEstabResets {resets}\n\
+             RSTs answering a duplicate ACK of a retransmitted FIN: {allowed:?}\n\
+             nonzero counters: {nonzero:?}\nnginx log: {log}\ncaptures kept: {files:?}\n\
+             resets with the flow's preceding segments:\n{}",
+            cap.resets_with_context(12, 5)
+        );
+    }
+    assert_eq!(json["ok"], 20000, "{json}");
+    if rsts > 0 {
+        eprintln!("{rsts} kernel RSTs, each answering our second ACK of a retransmitted FIN");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Counts the kernel's RSTs (from `kernel`, `ip.port`) that answer our
+/// duplicate ACK of its retransmitted FIN: in the same incarnation of the
+/// tuple (since its last SYN) the kernel sent the same FIN at least twice,
+/// we ACKed it (ack = FIN + 1) at least twice, and the RST carries that
+/// sequence number. Any other kernel RST is an error naming it.
+fn classify_kernel_resets(segs: &[capture::Seg], kernel: &str) -> Result<u64, String> {
+    let mut allowed = 0;
+    for (i, r) in segs.iter().enumerate() {
+        if r.src != kernel || !r.has('R') {
+            continue;
+        }
+        let ours = &r.dst;
+        let flow: Vec<&capture::Seg> = segs[..i]
+            .iter()
+            .filter(|s| (&s.src == ours && s.dst == kernel) || (s.src == kernel && &s.dst == ours))
+            .collect();
+        let since_syn = flow
+            .iter()
+            .rposition(|s| s.has('S') && &s.src == ours)
+            .map_or(&flow[..], |k| &flow[k..]);
+        let fins: Vec<u32> = since_syn
+            .iter()
+            .filter(|s| s.src == kernel && s.has('F'))
+            .filter_map(|s| s.seq)
+            .collect();
+        let ok = r.seq.is_some_and(|seq| {
+            let fin = seq.wrapping_sub(1);
+            let fin_sent = fins.iter().filter(|&&f| f == fin).count();
+            let acked = since_syn
+                .iter()
+                .filter(|s| &s.src == ours && !s.has('R') && s.ack == Some(seq))
+                .count();
+            fin_sent >= 2 && acked >= 2
+        });
+        if !ok {
+            let context: Vec<&str> = since_syn.iter().map(|s| s.line.as_str()).collect();
+            return Err(format!(
+                "unexpected kernel RST: {}\nafter:\n{}",
+                r.line,
+                context.join("\n")
+            ));
+        }
+        allowed += 1;
+    }
+    Ok(allowed)
+}
+
+#[test]
+fn kernel_reset_of_a_duplicate_ack_is_told_apart_from_others() {
+    // The capture of the starved-shard case (SIGSTOP of `turnstile load`
+    // for 600 ms): the kernel's FIN, its retransmission, our two ACKs, its RST.
+    let k = "198.19.77.2.8081";
+    let lines = [
+        "1.0 IP 198.19.77.1.40354 > 198.19.77.2.8081: Flags [S], seq 3201304337, win 65535, length 0",
+        "1.1 IP 198.19.77.2.8081 > 198.19.77.1.40354: Flags [S.], seq 2722237822, ack 3201304338, win 65160, length 0",
+        "1.2 IP 198.19.77.1.40354 > 198.19.77.2.8081: Flags [F.], seq 3201304408, ack 2722237978, win 512, length 0",
+        "1.3 IP 198.19.77.2.8081 > 198.19.77.1.40354: Flags [F.], seq 2722237978, ack 3201304409, win 64, length 0",
+        "1.6 IP 198.19.77.2.8081 > 198.19.77.1.40354: Flags [F.], seq 2722237978, ack 3201304409, win 64, length 0",
+        "1.9 IP 198.19.77.1.40354 > 198.19.77.2.8081: Flags [.], ack 2722237979, win 512, length 0",
+        "1.9 IP 198.19.77.1.40354 > 198.19.77.2.8081: Flags [.], ack 2722237979, win 512, length 0",
+        "1.9 IP 198.19.77.2.8081 > 198.19.77.1.40354: Flags [R], seq 2722237979, win 0, length 0",
+    ];
+    let segs: Vec<_> = lines.iter().filter_map(|l| capture::parse_seg(l)).collect();
+    assert_eq!(segs.len(), lines.len());
+    assert_eq!(classify_kernel_resets(&segs, k), Ok(1));
+    // Without the retransmitted FIN the same RST is not explained.
+    let mut one_fin = segs.clone();
+    one_fin.remove(4);
+    assert!(classify_kernel_resets(&one_fin, k).is_err());
+    // A RST to our SYN (a refused reuse) never is.
+    let refused = vec![
+        segs[0].clone(),
+        capture::parse_seg(
+            "1.1 IP 198.19.77.2.8081 > 198.19.77.1.40354: Flags [R.], seq 0, ack 3201304338, win 0, length 0",
+        )
+        .unwrap(),
+    ];
+    assert!(classify_kernel_resets(&refused, k).is_err());
 }
 
 #[test]
@@ -478,7 +590,7 @@ print(got.decode(), refused, rest == b"")
         ),
     );
     assert_eq!(out.trim(), "after True True");
-    let status = wait_exit(&mut child, Duration::from_secs(5))
+    let status = wait_exit(&mut child, Duration::from_secs(8))
         .expect("exits once its last connection is gone");
     assert!(status.success(), "{status:?}");
     assert!(!xdp_attached(&topo));

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::app::{App, Ctx};
 use crate::metrics::ShardMetrics;
 use crate::tcp::{Endpoint, Instant};
-use crate::wire::{self, FrameMeta, MAX_HEADER_LEN, ParsedFrame};
+use crate::wire::{self, DATA_PAYLOAD_AT, FrameMeta, ParsedFrame};
 use crate::xsk::{SendOutcome, XskSocket};
 use flow::FlowMap;
 use handoff::Exchange;
@@ -186,7 +186,13 @@ impl<A: App> Shard<A> {
                     ShardMetrics::add(&metrics.rx_not_local, 1);
                     return;
                 }
-                let owner = flows.owner(p.tcp.dst_port, u32::from(p.meta.src_ip), p.tcp.src_port);
+                let owner = flows.owner(
+                    *id,
+                    p.meta.dst_ip,
+                    p.tcp.dst_port,
+                    p.meta.src_ip,
+                    p.tcp.src_port,
+                );
                 if owner != *id {
                     if exchange.send(*id, owner, frame) {
                         ShardMetrics::add(&metrics.handoff, 1);
@@ -215,7 +221,9 @@ impl<A: App> Shard<A> {
         loop {
             let mut no_neighbor = false;
             let outcome = xsk.send_with(|buf| {
-                let t = endpoint.poll_transmit(now, &mut buf[MAX_HEADER_LEN..])?;
+                // The payload goes where a timestamped segment's headers end,
+                // so the common case builds without moving it.
+                let t = endpoint.poll_transmit(now, &mut buf[DATA_PAYLOAD_AT..])?;
                 let Some(dst_mac) = neighbors.get(t.remote) else {
                     no_neighbor = true;
                     return None;
@@ -226,7 +234,7 @@ impl<A: App> Shard<A> {
                     src_ip: t.local,
                     dst_ip: t.remote,
                 };
-                wire::build_frame(buf, &meta, &t.tcp, MAX_HEADER_LEN, t.payload_len).ok()
+                wire::build_frame(buf, &meta, &t.tcp, DATA_PAYLOAD_AT, t.payload_len).ok()
             });
             match outcome {
                 SendOutcome::Queued => sent += 1,
@@ -268,6 +276,10 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.rst_sent, e.rst_sent);
         ShardMetrics::set(&m.rx_engine_dropped, e.dropped_segments);
         ShardMetrics::set(&m.time_wait_expired, e.time_wait_expired);
+        let pool = self.endpoint.buffer_pool();
+        ShardMetrics::set(&m.buffer_pool_in_use, pool.in_use_bytes as u64);
+        ShardMetrics::set(&m.buffer_pool_allocated, pool.allocated_bytes as u64);
+        ShardMetrics::set(&m.buffer_pool_exhausted, pool.exhausted);
     }
 }
 

@@ -1,7 +1,23 @@
 //! Tunables of one endpoint.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Which local ports an active open may use: `(local address, remote,
+/// local port) -> allowed`. The runtime passes one that accepts only ports
+/// whose replies the NIC's RSS delivers to the opening shard's queue.
+/// Evaluated once per port and destination, when the destination is first
+/// used, never per packet.
+#[derive(Clone)]
+pub struct PortFilter(pub Arc<dyn Fn(Ipv4Addr, SocketAddrV4, u16) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for PortFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PortFilter(..)")
+    }
+}
 
 /// Configuration of an [`Endpoint`](super::Endpoint). `Default` gives Linux-like behaviour.
 #[derive(Clone, Debug)]
@@ -12,6 +28,11 @@ pub struct Config {
     pub recv_buffer: usize,
     /// Send buffer per connection, bytes (bounds what `send` accepts).
     pub send_buffer: usize,
+    /// Bytes all connections' buffers may hold together (the endpoint's chunk
+    /// pool). Storage is taken in 2 KiB chunks as bytes arrive and given back
+    /// when read or acknowledged; when the budget is spent, advertised windows
+    /// shrink and `send` takes less (counted as pool exhaustion).
+    pub buffer_pool_budget: usize,
     /// Our window-scale shift (RFC 7323 2). Raised to what `recv_buffer` needs;
     /// 7 like Linux by default. Clamped to 14.
     pub window_scale: u8,
@@ -55,6 +76,8 @@ pub struct Config {
     pub max_syn_retries: u8,
     /// Local ports for active opens.
     pub port_range: RangeInclusive<u16>,
+    /// Restricts `port_range` per destination (None: every port).
+    pub port_filter: Option<PortFilter>,
     /// Reuse a TIME_WAIT tuple for an active open when no port is free and it is safe.
     pub reuse: bool,
     /// Minimum age of a TIME_WAIT entry before its tuple may be reused by an active open.
@@ -73,6 +96,7 @@ impl Default for Config {
             mss: 1460,
             recv_buffer: 64 * 1024,
             send_buffer: 64 * 1024,
+            buffer_pool_budget: 256 << 20,
             window_scale: 7,
             timestamps: true,
             sack_permitted: false,
@@ -89,6 +113,7 @@ impl Default for Config {
             max_retries: 15,
             max_syn_retries: 6,
             port_range: 32768..=60999,
+            port_filter: None,
             reuse: true,
             reuse_delay: Duration::from_secs(1),
             challenge_ack_limit: 10,

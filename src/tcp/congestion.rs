@@ -7,8 +7,14 @@ use super::seq::Seq;
 pub(crate) struct NewReno {
     pub(crate) cwnd: u32,
     pub(crate) ssthresh: u32,
-    /// RFC 6582 3.2: highest sequence sent when loss recovery began.
-    pub(crate) recover: Seq,
+    /// RFC 6582 3.2: highest sequence sent when loss recovery (or a timeout)
+    /// began; `None` once SND.UNA has passed it. RFC 6582 initialises it to
+    /// ISS, but a sequence number only orders against another less than 2^31
+    /// away: a fixed `recover` compares as ahead of SND.UNA again after 2^31
+    /// loss-free bytes and would turn fast retransmit off for the next 2^31.
+    /// So it is compared only while it can still be ahead, and forgotten once
+    /// an ACK reaches it (every ACK moves SND.UNA by less than 2^31).
+    pub(crate) recover: Option<Seq>,
     pub(crate) in_recovery: bool,
     pub(crate) dupacks: u8,
     /// RFC 5681 3.1 appropriate byte counting in congestion avoidance.
@@ -25,11 +31,11 @@ pub(crate) enum AckAction {
 
 impl NewReno {
     /// RFC 6928: IW = min(10*MSS, max(2*MSS, 14600)).
-    pub(crate) fn new(mss: u32, iss: Seq) -> Self {
+    pub(crate) fn new(mss: u32) -> Self {
         NewReno {
             cwnd: (10 * mss).min((2 * mss).max(14600)),
             ssthresh: u32::MAX,
-            recover: iss,
+            recover: None,
             in_recovery: false,
             dupacks: 0,
             bytes_acked: 0,
@@ -40,8 +46,12 @@ impl NewReno {
     /// outstanding before this ACK.
     pub(crate) fn on_new_ack(&mut self, acked: u32, ack: Seq, flight: u32, mss: u32) -> AckAction {
         self.dupacks = 0;
+        let passed = self.recover.is_some_and(|r| ack >= r);
+        if passed {
+            self.recover = None;
+        }
         if self.in_recovery {
-            if ack >= self.recover {
+            if passed || self.recover.is_none() {
                 // RFC 6582 3.2 step 3 (full ACK): deflate.
                 self.in_recovery = false;
                 let remaining = flight.saturating_sub(acked);
@@ -89,11 +99,11 @@ impl NewReno {
             // RFC 6582 3.2 step 2: not while the ACK is still below `recover`
             // (avoids a second reduction for losses of one window; we enter at
             // `recover` itself, the less conservative reading of 4.1).
-            if snd_una < self.recover {
+            if self.recover.is_some_and(|r| snd_una < r) {
                 return AckAction::None;
             }
             self.ssthresh = (flight / 2).max(2 * mss);
-            self.recover = snd_max;
+            self.recover = Some(snd_max);
             self.in_recovery = true;
             self.cwnd = self.ssthresh + 3 * mss;
             return AckAction::RetransmitFirst;
@@ -105,7 +115,7 @@ impl NewReno {
     pub(crate) fn on_rto(&mut self, flight: u32, snd_max: Seq, mss: u32) {
         self.ssthresh = (flight / 2).max(2 * mss);
         self.cwnd = mss;
-        self.recover = snd_max;
+        self.recover = Some(snd_max);
         self.in_recovery = false;
         self.dupacks = 0;
         self.bytes_acked = 0;
@@ -120,7 +130,7 @@ mod tests {
 
     #[test]
     fn slow_start_then_avoidance() {
-        let mut cc = NewReno::new(MSS, Seq(0));
+        let mut cc = NewReno::new(MSS);
         assert_eq!(cc.cwnd, 10 * MSS);
         cc.on_new_ack(MSS, Seq(1001), 5 * MSS, MSS);
         assert_eq!(cc.cwnd, 11 * MSS);
@@ -135,7 +145,7 @@ mod tests {
 
     #[test]
     fn three_dupacks_then_partial_and_full_ack() {
-        let mut cc = NewReno::new(MSS, Seq(0));
+        let mut cc = NewReno::new(MSS);
         let una = Seq(1);
         let max = Seq(10_001);
         assert_eq!(cc.on_dup_ack(una, max, 10 * MSS, MSS), AckAction::None);
@@ -162,7 +172,7 @@ mod tests {
 
     #[test]
     fn rto_collapses_window() {
-        let mut cc = NewReno::new(MSS, Seq(0));
+        let mut cc = NewReno::new(MSS);
         cc.on_rto(8 * MSS, Seq(8001), MSS);
         assert_eq!((cc.cwnd, cc.ssthresh), (MSS, 4 * MSS));
     }

@@ -33,7 +33,7 @@
 //! (4-tuple key included) plus a 24-byte expiry record, plus 16 bytes in its
 //! destination's reuse FIFO when it came from an active open.
 //!
-//! # Where this differs from ARCHITECTURE.md
+//! # Where this differs from the planned shape (docs/ARCHITECTURE.md)
 //! The port allocator and TIME-WAIT expiry live here rather than in `shard/`: the
 //! engine's API owns `connect` and the recycling rules, so it owns the ports and
 //! the entries; the shard's only timer duty is calling `handle_timeout` at
@@ -52,6 +52,7 @@ pub(crate) mod id;
 mod isn;
 mod listener;
 mod options;
+mod pool;
 mod ports;
 mod reassembly;
 mod reset;
@@ -65,8 +66,8 @@ mod time;
 mod timer;
 pub(crate) mod timewait;
 
-pub use config::Config;
-pub use endpoint::Endpoint;
+pub use config::{Config, PortFilter};
+pub use endpoint::{BufferPoolStats, Endpoint};
 pub use error::{ConnError, ConnectError};
 pub use event::{Event, Transmit};
 pub use id::{ConnId, FourTuple};

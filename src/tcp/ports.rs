@@ -11,10 +11,11 @@
 //! allocation, so allocation is amortised O(1) even with thousands of TIME-WAIT
 //! entries (a kernel walks the range probing each port's hash bucket).
 
+use super::config::PortFilter;
 use super::time::Instant;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -29,7 +30,11 @@ type TimeWaitRecords = VecDeque<(u16, Instant)>;
 
 struct DestPorts {
     bits: Box<[u64]>,
+    /// Bits set, including `foreign`.
     used: u32,
+    /// Ports the filter gave to other shards, set in `bits` from the start
+    /// (precomputed once per destination, so allocation never probes them).
+    foreign: u32,
     cursor: u32,
     time_wait: TimeWaitRecords,
 }
@@ -43,10 +48,14 @@ pub(crate) struct PortAllocator {
     /// with one connection at a time to a destination would otherwise allocate
     /// a bitmap per connection).
     spare: Vec<(Box<[u64]>, TimeWaitRecords)>,
+    /// Only ports this filter accepts are handed out (RSS-aware choice).
+    filter: Option<PortFilter>,
 }
 
 /// Idle destination storage kept for reuse.
 const SPARE_LIMIT: usize = 64;
+/// Stale TIME-WAIT records tolerated beyond twice the ports in use before compacting.
+const COMPACT_SLACK: usize = 32;
 
 impl PortAllocator {
     pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
@@ -58,6 +67,16 @@ impl PortAllocator {
             dests: FxHashMap::default(),
             counter: 0,
             spare: Vec::new(),
+            filter: None,
+        }
+    }
+
+    /// Like [`PortAllocator::new`], handing out only the ports `filter`
+    /// accepts for each destination.
+    pub(crate) fn with_filter(range: RangeInclusive<u16>, filter: Option<PortFilter>) -> Self {
+        PortAllocator {
+            filter,
+            ..Self::new(range)
         }
     }
 
@@ -67,23 +86,35 @@ impl PortAllocator {
     }
 
     fn dest(&mut self, key: DestKey, offset: u32) -> &mut DestPorts {
-        let len = self.len;
+        let (lo, len) = (self.lo, self.len);
         let start = if len == 0 {
             0
         } else {
             offset.wrapping_add(self.counter) % len
         };
         let spare = &mut self.spare;
+        let filter = &self.filter;
         self.dests.entry(key).or_insert_with(|| {
-            let (bits, time_wait) = spare.pop().unwrap_or_else(|| {
+            let (mut bits, time_wait) = spare.pop().unwrap_or_else(|| {
                 (
                     vec![0u64; (len as usize).div_ceil(64)].into_boxed_slice(),
                     VecDeque::new(),
                 )
             });
+            let mut foreign = 0;
+            if let Some(f) = filter {
+                let remote = SocketAddrV4::new(key.remote, key.remote_port);
+                for i in 0..len {
+                    if !(f.0)(key.local, remote, lo.wrapping_add(i as u16)) {
+                        bits[i as usize / 64] |= 1 << (i % 64);
+                        foreign += 1;
+                    }
+                }
+            }
             DestPorts {
                 bits,
-                used: 0,
+                used: foreign,
+                foreign,
                 cursor: start,
                 time_wait,
             }
@@ -166,23 +197,50 @@ impl PortAllocator {
             d.bits[w] &= !(1 << b);
             d.used -= 1;
         }
-        if d.used == 0 {
+        if d.used == d.foreign {
             // Only stale TIME-WAIT records can remain; drop the destination
-            // and keep its (all-zero) bitmap for the next one.
+            // and keep its bitmap (cleared: the next destination's foreign
+            // ports differ) for the next one.
             if let Some(mut d) = self.dests.remove(&key)
                 && self.spare.len() < SPARE_LIMIT
             {
                 d.time_wait.clear();
+                d.bits.fill(0);
                 self.spare.push((d.bits, d.time_wait));
             }
         }
     }
 
-    /// A TIME-WAIT entry now holds `port` to `key`.
-    pub(crate) fn push_time_wait(&mut self, key: DestKey, port: u16, entered: Instant) {
-        if let Some(d) = self.dests.get_mut(&key) {
-            d.time_wait.push_back((port, entered));
+    /// A TIME-WAIT entry now holds `port` to `key`. `live(port, entered)` says
+    /// whether a record still names an existing entry: stale records (entries
+    /// expired, evicted or recycled) are trimmed here, so the records stay
+    /// bounded by the entries that exist even when the range is never
+    /// exhausted and the destination never goes idle (steady churn below
+    /// saturation would otherwise grow them by one record per connection).
+    pub(crate) fn push_time_wait(
+        &mut self,
+        key: DestKey,
+        port: u16,
+        entered: Instant,
+        mut live: impl FnMut(u16, Instant) -> bool,
+    ) {
+        let Some(d) = self.dests.get_mut(&key) else {
+            return;
+        };
+        // Entries expire oldest first, so expired ones are at the front.
+        while let Some(&(p, e)) = d.time_wait.front() {
+            if live(p, e) {
+                break;
+            }
+            d.time_wait.pop_front();
         }
+        // Recycled or evicted entries leave stale records behind a live front.
+        // Every live record holds a port (`used` counts them), so more than
+        // twice that means mostly stale ones: compact. Amortised O(1) per push.
+        if d.time_wait.len() > 2 * d.used as usize + COMPACT_SLACK {
+            d.time_wait.retain(|&(p, e)| live(p, e));
+        }
+        d.time_wait.push_back((port, entered));
     }
 
     /// This destination's TIME-WAIT records, oldest first (some may be stale).
@@ -197,7 +255,7 @@ impl PortAllocator {
 
     #[cfg(test)]
     pub(crate) fn used(&self, key: &DestKey) -> u32 {
-        self.dests.get(key).map_or(0, |d| d.used)
+        self.dests.get(key).map_or(0, |d| d.used - d.foreign)
     }
 }
 
@@ -271,6 +329,42 @@ mod tests {
         let p1 = a.allocate(key(80), 1_000_003, |_| true).unwrap();
         let p2 = a.allocate(key(443), 2_718_281, |_| true).unwrap();
         assert_ne!(p1.abs_diff(p2), 1);
+    }
+
+    /// Steady churn below saturation: each connection's port goes through
+    /// TIME-WAIT and expires, the range is never exhausted and the destination
+    /// never idle. The records stay bounded by the live entries.
+    #[test]
+    fn time_wait_records_are_bounded_by_live_entries() {
+        let mut a = PortAllocator::new(1000..=1999);
+        let mut live: std::collections::VecDeque<(u16, Instant)> = Default::default();
+        // One long-lived connection keeps the destination in use.
+        a.allocate(key(80), 7, |_| true).unwrap();
+        for i in 0..100_000u64 {
+            let now = Instant::from_micros(i * 1000);
+            // Entries older than 100 ms expire (and release their ports).
+            while live
+                .front()
+                .is_some_and(|&(_, e)| e.as_micros() + 100_000 <= now.as_micros())
+            {
+                let (p, _) = live.pop_front().unwrap();
+                a.release(key(80), p);
+            }
+            let p = a.allocate(key(80), 7, |_| true).unwrap();
+            let is_live = |p: u16, e: Instant| live.iter().any(|&x| x == (p, e));
+            a.push_time_wait(key(80), p, now, is_live);
+            live.push_back((p, now));
+            // Every tenth entry is recycled early (a stale record behind a live front).
+            if i % 10 == 0 {
+                let (p, _) = live.remove(live.len() / 2).unwrap();
+                a.release(key(80), p);
+            }
+        }
+        let records = a.time_wait_records(key(80)).unwrap().len();
+        assert!(
+            records <= 2 * 110 + COMPACT_SLACK + 1,
+            "{records} records for ~100 live entries"
+        );
     }
 
     #[test]

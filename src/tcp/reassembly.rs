@@ -2,6 +2,8 @@
 //! out-of-order segments held until the hole before them is filled (RFC 9293 3.10.7.4,
 //! "seventh, process the segment text").
 
+use super::pool::{Chain, ChunkPool};
+
 /// Out-of-order intervals kept per connection. A fixed array: no allocation per
 /// segment; a segment that would need a further interval is dropped (and counted).
 pub(crate) const MAX_OOO: usize = 8;
@@ -15,53 +17,81 @@ pub(crate) struct Inserted {
     pub(crate) complete: bool,
 }
 
-/// A ring holding `readable` in-order bytes from `head`, followed by a region where
-/// out-of-order bytes are placed at their offsets; `ooo` lists which parts of it
-/// are valid, as sorted, disjoint, non-adjacent `[start, end)` offsets from `head`.
+/// `readable` in-order bytes, followed by a region where out-of-order bytes are
+/// placed at their offsets; `ooo` lists which parts of it are valid, as sorted,
+/// disjoint, non-adjacent `[start, end)` offsets from the first readable byte.
+/// The bytes live in a chain of pool chunks that grows as data arrives and
+/// shrinks as the application reads: with nothing held, no chunk is held.
 pub(crate) struct RecvBuffer {
-    buf: Box<[u8]>,
-    head: usize,
+    chain: Chain,
     readable: usize,
     ooo: [(u32, u32); MAX_OOO],
     ooo_len: u8,
-    /// Test builds: which ring bytes hold data not yet read (checks the interval logic).
-    #[cfg(test)]
-    written: Vec<bool>,
+    /// Most bytes held (bounds the advertised window).
+    cap: usize,
+    /// What the pool could still lend, as of the last call that saw it.
+    pool_room: usize,
 }
 
 impl RecvBuffer {
-    pub(crate) fn new(storage: Box<[u8]>) -> Self {
-        assert!(storage.len() < u32::MAX as usize);
-        #[cfg(test)]
-        let storage_len = storage.len();
+    pub(crate) fn new(cap: usize) -> Self {
+        assert!(cap < u32::MAX as usize);
         RecvBuffer {
-            buf: storage,
-            head: 0,
+            chain: Chain::new(),
             readable: 0,
             ooo: [(0, 0); MAX_OOO],
             ooo_len: 0,
-            #[cfg(test)]
-            written: vec![false; storage_len],
+            cap,
+            pool_room: usize::MAX,
         }
     }
 
-    pub(crate) fn into_storage(self) -> Box<[u8]> {
-        self.buf
+    /// Give every chunk back (the connection is gone).
+    pub(crate) fn release(&mut self, pool: &mut ChunkPool) {
+        self.chain.clear(pool);
+        self.readable = 0;
+        self.ooo_len = 0;
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.buf.len()
+        self.cap
+    }
+    /// Chunks held now.
+    #[cfg(test)]
+    pub(crate) fn chunks(&self) -> usize {
+        self.chain.chunks()
     }
     /// In-order bytes the application can read.
     pub(crate) fn readable(&self) -> usize {
         self.readable
     }
-    /// Space from RCV.NXT to the end of the buffer: the most we can advertise.
+    /// Space from RCV.NXT that we could store: the most we can advertise. The
+    /// bound, less what the pool cannot lend: when the shard's budget runs
+    /// out, windows shrink instead of memory growing.
     pub(crate) fn window(&self) -> usize {
-        self.buf.len() - self.readable
+        let bound = self.cap.saturating_sub(self.readable);
+        bound.min(
+            self.chain
+                .spare(self.readable)
+                .saturating_add(self.pool_room),
+        )
+    }
+    /// Tell the buffer how much the pool could still lend.
+    pub(crate) fn note_pool(&mut self, pool: &ChunkPool) {
+        self.pool_room = pool.room();
     }
     pub(crate) fn has_out_of_order(&self) -> bool {
         self.ooo_len > 0
+    }
+
+    /// The out-of-order ranges held, as `[start, end)` offsets from RCV.NXT,
+    /// lowest first (what SACK blocks report, RFC 2018).
+    #[allow(dead_code)] // for SACK blocks, which the engine does not send yet
+    pub(crate) fn out_of_order(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let base = self.readable as u32;
+        self.ooo[..self.ooo_len as usize]
+            .iter()
+            .map(move |&(s, e)| (s - base, e - base))
     }
 
     #[cfg(test)]
@@ -69,29 +99,36 @@ impl RecvBuffer {
         &self.ooo[..self.ooo_len as usize]
     }
 
-    fn copy_in(&mut self, at: usize, data: &[u8]) {
-        let cap = self.buf.len();
-        let start = (self.head + at) % cap;
-        let first = data.len().min(cap - start);
-        self.buf[start..start + first].copy_from_slice(&data[..first]);
-        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
-        #[cfg(test)]
-        for i in 0..data.len() {
-            self.written[(start + i) % cap] = true;
-        }
-    }
-
     /// Store `data`, which starts `offset` bytes after RCV.NXT. Bytes beyond the
-    /// buffer are trimmed; an out-of-order piece that needs a new interval when
-    /// all `MAX_OOO` are taken is dropped.
-    pub(crate) fn insert(&mut self, offset: usize, data: &[u8]) -> Inserted {
-        let cap = self.buf.len();
+    /// bound (or beyond what the pool can lend) are trimmed; an out-of-order
+    /// piece that needs a new interval when all `MAX_OOO` are taken is dropped.
+    pub(crate) fn insert(&mut self, offset: usize, data: &[u8], pool: &mut ChunkPool) -> Inserted {
         let start = self.readable.saturating_add(offset);
-        let end = start.saturating_add(data.len()).min(cap);
+        let mut end = start.saturating_add(data.len()).min(self.cap);
         if start >= end {
             return Inserted {
                 advanced: 0,
                 complete: data.is_empty(),
+            };
+        }
+        if offset > 0 && self.ooo_len as usize == MAX_OOO {
+            // Cheap early check; the exact one (merging) follows.
+            let n = self.ooo_len as usize;
+            let (s, e) = (start as u32, end as u32);
+            if !self.ooo[..n].iter().any(|&(is, ie)| ie >= s && is <= e) {
+                return Inserted {
+                    advanced: 0,
+                    complete: false,
+                };
+            }
+        }
+        end = self.chain.reserve(pool, end).max(self.readable).min(end);
+        self.pool_room = pool.room();
+        if start >= end {
+            self.shrink_if_empty(pool);
+            return Inserted {
+                advanced: 0,
+                complete: false,
             };
         }
         let complete = end - start == data.len();
@@ -125,13 +162,13 @@ impl RecvBuffer {
                 self.ooo.copy_within(last..n, first + 1);
                 self.ooo_len -= (last - first - 1) as u8;
             }
-            self.copy_in(start, &data[..end - start]);
+            self.chain.write(pool, start, &data[..end - start]);
             return Inserted {
                 advanced: 0,
                 complete,
             };
         }
-        self.copy_in(start, &data[..end - start]);
+        self.chain.write(pool, start, &data[..end - start]);
         let before = self.readable;
         self.readable = end;
         // Absorb held intervals that now touch the in-order part.
@@ -152,35 +189,40 @@ impl RecvBuffer {
     }
 
     /// Copy in-order bytes into `out`, consuming them.
-    pub(crate) fn read(&mut self, out: &mut [u8]) -> usize {
+    pub(crate) fn read(&mut self, out: &mut [u8], pool: &mut ChunkPool) -> usize {
         let n = out.len().min(self.readable);
         if n == 0 {
             return 0;
         }
-        let cap = self.buf.len();
-        let first = n.min(cap - self.head);
-        out[..first].copy_from_slice(&self.buf[self.head..self.head + first]);
-        out[first..n].copy_from_slice(&self.buf[..n - first]);
-        self.discard(n);
+        self.chain.read(pool, 0, &mut out[..n]);
+        self.discard(n, pool);
         n
     }
 
-    /// Consume `n` in-order bytes without copying them.
-    pub(crate) fn discard(&mut self, n: usize) {
+    /// Consume `n` in-order bytes without copying them; chunks left empty go
+    /// back to the pool.
+    pub(crate) fn discard(&mut self, n: usize, pool: &mut ChunkPool) {
         let n = n.min(self.readable);
-        #[cfg(test)]
-        for i in 0..n {
-            let k = (self.head + i) % self.buf.len();
-            assert!(self.written[k], "reading a ring byte never written");
-            self.written[k] = false;
-        }
-        self.head = (self.head + n) % self.buf.len();
         self.readable -= n;
         let shift = n as u32;
         let len = self.ooo_len as usize;
         for iv in &mut self.ooo[..len] {
             iv.0 -= shift;
             iv.1 -= shift;
+        }
+        if self.readable == 0 && self.ooo_len == 0 {
+            self.chain.clear(pool);
+        } else {
+            self.chain.consume(pool, n);
+        }
+        self.pool_room = pool.room();
+    }
+
+    /// Storage reserved for bytes that did not arrive: give it back when
+    /// nothing is held.
+    fn shrink_if_empty(&mut self, pool: &mut ChunkPool) {
+        if self.readable == 0 && self.ooo_len == 0 {
+            self.chain.clear(pool);
         }
     }
 
@@ -196,26 +238,33 @@ mod tests {
     use proptest::prelude::*;
 
     fn buf(cap: usize) -> RecvBuffer {
-        RecvBuffer::new(vec![0; cap].into_boxed_slice())
+        RecvBuffer::new(cap)
     }
 
     #[test]
     fn in_order_and_holes() {
+        let mut p = ChunkPool::new(1 << 20);
         let mut b = buf(16);
-        assert_eq!(b.insert(0, b"abc").advanced, 3);
-        assert_eq!(b.insert(3, b"ghi").advanced, 0); // hole at 3..6 after rcv_nxt
+        assert_eq!(b.insert(0, b"abc", &mut p).advanced, 3);
+        assert_eq!(b.insert(3, b"ghi", &mut p).advanced, 0); // hole at 3..6 after rcv_nxt
         assert_eq!(b.intervals(), vec![(6, 9)]);
-        assert_eq!(b.insert(0, b"def").advanced, 6);
+        assert_eq!(b.insert(0, b"def", &mut p).advanced, 6);
         assert!(!b.has_out_of_order());
         let mut out = [0u8; 16];
-        assert_eq!(b.read(&mut out), 9);
+        assert_eq!(b.read(&mut out, &mut p), 9);
         assert_eq!(&out[..9], b"abcdefghi");
+        assert_eq!(
+            (b.chunks(), p.in_use()),
+            (0, 0),
+            "nothing held, no chunk held"
+        );
     }
 
     #[test]
     fn trims_at_capacity() {
+        let mut p = ChunkPool::new(1 << 20);
         let mut b = buf(4);
-        let r = b.insert(0, b"abcdef");
+        let r = b.insert(0, b"abcdef", &mut p);
         assert_eq!(
             r,
             Inserted {
@@ -224,19 +273,20 @@ mod tests {
             }
         );
         assert_eq!(b.window(), 0);
-        assert_eq!(b.insert(0, b"x").advanced, 0);
+        assert_eq!(b.insert(0, b"x", &mut p).advanced, 0);
     }
 
     #[test]
     fn interval_limit_drops() {
+        let mut p = ChunkPool::new(1 << 20);
         let mut b = buf(64);
         for i in 0..MAX_OOO {
-            assert!(b.insert(2 + 3 * i, b"x").complete);
+            assert!(b.insert(2 + 3 * i, b"x", &mut p).complete);
         }
-        assert!(!b.insert(60, b"y").complete);
+        assert!(!b.insert(60, b"y", &mut p).complete);
         assert_eq!(b.intervals().len(), MAX_OOO);
         // Merging into an existing interval still works.
-        assert!(b.insert(3, b"z").complete);
+        assert!(b.insert(3, b"z", &mut p).complete);
     }
 
     proptest! {
@@ -249,7 +299,8 @@ mod tests {
             reads in proptest::collection::vec(0usize..50, 1..60),
         ) {
             let stream: Vec<u8> = (0..400u32).map(|i| (i * 7 + i / 251) as u8).collect();
-            let mut b = buf(cap);
+            let mut p = ChunkPool::new(1 << 20);
+        let mut b = buf(cap);
             let mut rcv_nxt = 0usize; // stream offset of RCV.NXT
             let mut delivered: Vec<u8> = Vec::new();
             let mut have = vec![false; 400]; // model: stored and not yet consumed
@@ -264,7 +315,7 @@ mod tests {
                 let runs = (rcv_nxt..400).filter(|&k| have[k] && (k == rcv_nxt || !have[k - 1])).count();
                 let touching = (s.saturating_sub(1)..=stored_end.min(399)).any(|k| k >= rcv_nxt && have[k]);
                 let dropped = s > rcv_nxt && stored_end > s && !touching && runs == MAX_OOO;
-                let r = b.insert(s - rcv_nxt, &stream[s..end]);
+                let r = b.insert(s - rcv_nxt, &stream[s..end], &mut p);
                 if !dropped && s < stored_end {
                     have[s..stored_end].fill(true);
                 }
@@ -276,12 +327,16 @@ mod tests {
                 prop_assert_eq!(b.intervals().len(), (rcv_nxt..400).filter(|&k| have[k] && !have[k - 1]).count());
                 let want = reads[i % reads.len()];
                 let mut out = vec![0u8; want];
-                let n = b.read(&mut out);
+                let n = b.read(&mut out, &mut p);
                 prop_assert_eq!(n, want.min(rcv_nxt - delivered.len()));
                 delivered.extend_from_slice(&out[..n]);
                 prop_assert_eq!(b.readable(), rcv_nxt - delivered.len());
             }
             prop_assert_eq!(&delivered[..], &stream[..delivered.len()]);
+            prop_assert_eq!(p.in_use(), b.chunks());
+            if b.readable() == 0 && !b.has_out_of_order() {
+                prop_assert_eq!(b.chunks(), 0);
+            }
         }
     }
 }

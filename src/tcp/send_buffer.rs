@@ -1,73 +1,84 @@
 //! The bounded send buffer: bytes from SND.UNA (or ISS+1) up to what the application queued.
 
-/// A ring of bytes. Sent-but-unacknowledged bytes stay until acknowledged, so
-/// retransmissions read them again by offset.
+use super::pool::{Chain, ChunkPool};
+
+/// Queued bytes in a chain of pool chunks. Sent-but-unacknowledged bytes stay
+/// until acknowledged, so retransmissions read them again by offset; chunks
+/// return to the pool as soon as every byte in them is acknowledged, and a
+/// connection with nothing queued holds none.
 pub(crate) struct SendBuffer {
-    buf: Box<[u8]>,
-    head: usize,
+    chain: Chain,
     len: usize,
+    /// Most bytes this connection may queue (its share of the budget).
+    cap: usize,
 }
 
 impl SendBuffer {
-    pub(crate) fn new(storage: Box<[u8]>) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         SendBuffer {
-            buf: storage,
-            head: 0,
+            chain: Chain::new(),
             len: 0,
+            cap,
         }
     }
 
-    /// Give the storage back (for the endpoint's buffer pool).
-    pub(crate) fn into_storage(self) -> Box<[u8]> {
-        self.buf
+    /// Give every chunk back (the connection is gone).
+    pub(crate) fn release(&mut self, pool: &mut ChunkPool) {
+        self.chain.clear(pool);
+        self.len = 0;
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+    /// Bytes `push` would take now: the connection's bound, and what the pool
+    /// can still lend (`room` as of the endpoint's last look).
     pub(crate) fn free(&self) -> usize {
-        self.buf.len() - self.len
+        self.cap.saturating_sub(self.len)
+    }
+    /// Bytes `push` would take now, given the pool.
+    pub(crate) fn free_in(&self, pool: &ChunkPool) -> usize {
+        self.free().min(self.chain.spare(self.len) + pool.room())
+    }
+    /// Chunks held now.
+    #[cfg(test)]
+    pub(crate) fn chunks(&self) -> usize {
+        self.chain.chunks()
     }
 
     /// Append what fits of `data`; returns the number of bytes taken.
-    pub(crate) fn push(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.free());
-        let cap = self.buf.len();
-        if n == 0 {
+    pub(crate) fn push(&mut self, data: &[u8], pool: &mut ChunkPool) -> usize {
+        let want = data.len().min(self.free());
+        if want == 0 {
             return 0;
         }
-        let tail = (self.head + self.len) % cap;
-        let first = n.min(cap - tail);
-        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
-        self.buf[..n - first].copy_from_slice(&data[first..n]);
+        let n = self.chain.reserve(pool, self.len + want) - self.len;
+        self.chain.write(pool, self.len, &data[..n]);
         self.len += n;
         n
     }
 
     /// Copy bytes starting `offset` bytes after the head into `out`; returns the count.
-    pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) -> usize {
+    pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8], pool: &ChunkPool) -> usize {
         if offset >= self.len {
             return 0;
         }
         let n = out.len().min(self.len - offset);
-        let cap = self.buf.len();
-        let start = (self.head + offset) % cap;
-        let first = n.min(cap - start);
-        out[..first].copy_from_slice(&self.buf[start..start + first]);
-        out[first..n].copy_from_slice(&self.buf[..n - first]);
+        self.chain.read(pool, offset, &mut out[..n]);
         n
     }
 
     /// Drop `n` bytes from the head (they were acknowledged).
-    pub(crate) fn consume(&mut self, n: usize) {
+    pub(crate) fn consume(&mut self, n: usize, pool: &mut ChunkPool) {
         let n = n.min(self.len);
         if n == 0 {
             return;
         }
-        self.head = (self.head + n) % self.buf.len();
         self.len -= n;
         if self.len == 0 {
-            self.head = 0;
+            self.chain.clear(pool);
+        } else {
+            self.chain.consume(pool, n);
         }
     }
 }
@@ -75,41 +86,68 @@ impl SendBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tcp::pool::CHUNK;
     use proptest::prelude::*;
 
     #[test]
     fn wraps_around() {
-        let mut b = SendBuffer::new(vec![0; 8].into_boxed_slice());
-        assert_eq!(b.push(b"abcdef"), 6);
-        b.consume(4);
-        assert_eq!(b.push(b"ghijklmn"), 6);
+        let mut p = ChunkPool::new(1 << 20);
+        let mut b = SendBuffer::new(8);
+        assert_eq!(b.push(b"abcdef", &mut p), 6);
+        b.consume(4, &mut p);
+        assert_eq!(b.push(b"ghijklmn", &mut p), 6);
         assert_eq!(b.len(), 8);
         let mut out = [0u8; 8];
-        assert_eq!(b.copy_out(0, &mut out), 8);
+        assert_eq!(b.copy_out(0, &mut out, &p), 8);
         assert_eq!(&out, b"efghijkl");
-        assert_eq!(b.copy_out(5, &mut out[..2]), 2);
+        assert_eq!(b.copy_out(5, &mut out[..2], &p), 2);
         assert_eq!(&out[..2], b"jk");
-        assert_eq!(b.copy_out(8, &mut out), 0);
+        assert_eq!(b.copy_out(8, &mut out, &p), 0);
+        b.consume(8, &mut p);
+        assert_eq!(
+            (b.chunks(), p.in_use()),
+            (0, 0),
+            "an empty buffer holds no chunk"
+        );
+    }
+
+    #[test]
+    fn pool_budget_limits_push() {
+        let mut p = ChunkPool::new(64 * CHUNK);
+        let mut b = SendBuffer::new(1 << 20);
+        let data = vec![7u8; 1 << 20];
+        assert_eq!(b.push(&data, &mut p), 64 * CHUNK);
+        assert_eq!(b.free_in(&p), 0);
+        b.consume(CHUNK, &mut p);
+        assert_eq!(b.free_in(&p), CHUNK);
     }
 
     proptest! {
         #[test]
-        fn behaves_like_a_queue(ops in proptest::collection::vec((0usize..40, 0usize..40), 1..50)) {
-            let mut b = SendBuffer::new(vec![0; 32].into_boxed_slice());
+        fn behaves_like_a_queue(ops in proptest::collection::vec((0usize..10_000, 0usize..10_000), 1..50)) {
+            let mut p = ChunkPool::new(1 << 20);
+            let mut b = SendBuffer::new(12_000);
             let mut model: std::collections::VecDeque<u8> = Default::default();
             let mut next = 0u8;
             for (push, pop) in ops {
                 let data: Vec<u8> = (0..push).map(|_| { next = next.wrapping_add(1); next }).collect();
-                let n = b.push(&data);
-                prop_assert_eq!(n, push.min(32 - model.len()));
+                let n = b.push(&data, &mut p);
+                prop_assert_eq!(n, push.min(12_000 - model.len()));
                 model.extend(&data[..n]);
                 next = next.wrapping_sub((push - n) as u8);
                 let mut out = vec![0u8; model.len()];
-                prop_assert_eq!(b.copy_out(0, &mut out), model.len());
+                prop_assert_eq!(b.copy_out(0, &mut out, &p), model.len());
                 prop_assert!(out.iter().eq(model.iter()));
-                b.consume(pop);
+                if model.len() > 100 {
+                    let mut mid = vec![0u8; 50];
+                    prop_assert_eq!(b.copy_out(model.len() / 2, &mut mid, &p), 50);
+                    prop_assert!(mid.iter().eq(model.iter().skip(model.len() / 2).take(50)));
+                }
+                b.consume(pop, &mut p);
                 for _ in 0..pop.min(model.len()) { model.pop_front(); }
                 prop_assert_eq!(b.len(), model.len());
+                prop_assert_eq!(p.in_use(), b.chunks());
+                prop_assert!(b.chunks() <= model.len().div_ceil(CHUNK) + 1);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The engine's notion of time: microseconds since an epoch chosen by the caller.
 //!
-//! The engine never reads a clock (ARCHITECTURE.md, "Rules of the house"): every
+//! The engine never reads a clock (docs/ARCHITECTURE.md, "Rules of the house"): every
 //! input that can depend on time takes an [`Instant`] argument.
 
 use std::ops::{Add, Sub};

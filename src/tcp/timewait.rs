@@ -1,4 +1,4 @@
-//! TIME-WAIT as compact entries (ARCHITECTURE.md, "TIME_WAIT recycling").
+//! TIME-WAIT as compact entries (docs/ARCHITECTURE.md, "TIME_WAIT recycling").
 //!
 //! When a connection that closed first reaches TIME-WAIT and the application is
 //! done with it, the full connection is freed and what RFC 9293 still needs is

@@ -5,7 +5,7 @@
 ///
 /// Labels: the variants are fine-grained for logs and tests (`Debug`), the
 /// labels use the coarse vocabulary of the metrics contract in
-/// ARCHITECTURE.md. Both checksum kinds share `bad_checksum` (an operator asks
+/// docs/ARCHITECTURE.md. Both checksum kinds share `bad_checksum` (an operator asks
 /// "is something corrupting packets", not which layer noticed), and a TCP
 /// header or option list that cannot be walked is `malformed`. Metrics code
 /// that keeps one counter per label should iterate [`DropReason::LABELS`]; code

@@ -3,13 +3,25 @@
 use super::ethernet::{self, ETH_HEADER_LEN, ETHERTYPE_IPV4, EthernetFrame};
 use super::ipv4::{self, IPV4_HEADER_LEN, Ipv4Packet, PROTO_TCP};
 use super::tcp::{self, TcpSegment};
-use super::{DropReason, FrameMeta, ParsedFrame, TcpOptions, TcpRepr};
+use super::{DropReason, FrameMeta, ParsedFrame, TcpOptions, TcpRepr, Timestamps};
 
 /// Room for any header we build: Ethernet, IPv4 without options, TCP with a
 /// full 40-byte option area. A tx buffer that puts its payload at
 /// `MAX_HEADER_LEN` before knowing the options is always valid for
 /// [`build_frame`], which then moves the payload left to meet the headers.
 pub const MAX_HEADER_LEN: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + tcp::TCP_MAX_HEADER_LEN;
+
+/// Where a data segment's payload starts when RFC 7323 timestamps are in use
+/// (every segment of such a connection carries them, and nothing else after
+/// the handshake): a payload written here meets its headers, so
+/// [`build_frame`] moves nothing. Segments with other options (SYNs carry no
+/// payload) still build correctly from here, with the payload moved.
+pub const DATA_PAYLOAD_AT: usize = frame_header_len(&TcpOptions {
+    mss: None,
+    window_scale: None,
+    sack_permitted: false,
+    timestamps: Some(Timestamps { tsval: 0, tsecr: 0 }),
+});
 
 /// Why [`build_frame`] could not build a frame. Each is a caller bug or a
 /// mis-sized buffer, never something the peer did.

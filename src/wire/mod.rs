@@ -31,7 +31,8 @@ mod tests;
 pub use drop_reason::DropReason;
 pub use ethernet::ETH_HEADER_LEN;
 pub use frame::{
-    BuildError, MAX_HEADER_LEN, build_frame, frame_header_len, parse_frame, tcp_header_len,
+    BuildError, DATA_PAYLOAD_AT, MAX_HEADER_LEN, build_frame, frame_header_len, parse_frame,
+    tcp_header_len,
 };
 pub use ipv4::IPV4_HEADER_LEN;
 pub use patch::TcpFrameMut;

@@ -2,24 +2,50 @@
 //! namespaces, turnstile started as its own process, metrics scraped over HTTP.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+pub mod capture;
+pub mod lab;
+
 use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub use turnstile::topology::{Topology, TopologyConfig};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_turnstile");
 
-/// Integration tests need root (namespaces, XDP, AF_XDP). CI runs as root;
-/// elsewhere they say why they did nothing.
+/// Integration tests need root (namespaces, XDP, AF_XDP). As root this
+/// returns true. Otherwise a test cannot run, and it must not pass as if it
+/// had: under `CI=true` (CI sets it) this panics, so the test fails saying
+/// it needs root; elsewhere it returns false after a loud skip line written
+/// past the harness's output capture, so the run shows which tests did
+/// nothing (they still count as `ok` in libtest's summary, which has no
+/// skipped state).
 pub fn need_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: integration tests need root");
+    if root {
+        return true;
     }
-    root
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an integration test")
+        .to_string();
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!(
+            "{test} needs root (network namespaces, XDP, AF_XDP) and cannot run as uid {}; \
+             under CI=true a test that cannot run fails instead of passing",
+            // SAFETY: as above.
+            unsafe { libc::geteuid() }
+        );
+    }
+    // `eprintln!` would be captured and thrown away for a passing test; a
+    // write to the stderr handle is not.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root (network namespaces, XDP, AF_XDP); nothing was tested \
+         (CI=true makes this a failure)"
+    );
+    false
 }
 
 /// Starts `turnstile serve` in the server namespace and waits (bounded) for
@@ -42,18 +68,10 @@ pub fn start_serve(topo: &mut Topology, args: &[&str]) -> (String, u32) {
 /// The first line `stdout` prints, within `limit`; the rest is drained in the
 /// background so the child never blocks on a full pipe.
 pub fn first_line(stdout: std::process::ChildStdout, limit: Duration) -> Option<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-            sink.clear();
-        }
-    });
-    rx.recv_timeout(limit).ok()
+    let never = std::sync::atomic::AtomicBool::new(false);
+    turnstile::testkit::Lines::spawn(stdout)
+        .wait_line("", limit, &never)
+        .ok()
 }
 
 fn wait_listening(child: &mut Child) -> String {
@@ -72,11 +90,19 @@ fn wait_listening(child: &mut Child) -> String {
     }
 }
 
-/// Scrapes the metrics endpoint inside the server namespace.
+/// Scrapes the metrics endpoint inside the server namespace (bounded: a
+/// few attempts, each with a 5 s timeout, for a machine under load).
 pub fn scrape(topo: &Topology, addr: &str) -> String {
-    topo.server
-        .sh_ok(&format!("curl -s --max-time 5 http://{addr}/metrics"))
-        .expect("scrape metrics")
+    let addr = addr.parse().expect("metrics address");
+    let mut last = None;
+    for _ in 0..3 {
+        match topo.server.scrape_metrics(addr) {
+            Ok(text) => return text,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("scrape metrics at {addr}: {last:?}")
 }
 
 pub fn metric(text: &str, name: &str) -> u64 {

@@ -91,6 +91,7 @@ impl Connection {
             // Our SYN is acknowledged: ESTABLISHED.
             self.rtt_sample_on_ack(seg, ack, now, ctx);
             self.snd_una = ack;
+            self.syn_acked = true;
             self.snd_nxt = self.snd_nxt.max(ack);
             self.snd_wl2 = ack;
             self.rto_at = None;
@@ -178,6 +179,7 @@ impl Connection {
             {
                 self.rtt_sample_on_ack(seg, ack, now, ctx);
                 self.snd_una = ack;
+                self.syn_acked = true;
                 self.snd_nxt = self.snd_nxt.max(ack);
                 self.snd_wnd = u32::from(seg.window); // a SYN's window is not scaled
                 self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
@@ -417,14 +419,15 @@ impl Connection {
         let old_una = self.snd_una;
         let flight = self.snd_max - old_una;
         let mut acked_data = ack - old_una;
-        if old_una == self.iss {
+        if !self.syn_acked {
             acked_data -= 1; // our SYN
+            self.syn_acked = true;
         }
         if self.fin_queued && ack > self.snd_data_end {
             acked_data -= 1; // our FIN
         }
         self.rtt_sample_on_ack(seg, ack, now, ctx);
-        self.send_buf.consume(acked_data as usize);
+        self.send_buf.consume(acked_data as usize, ctx.pool);
         self.snd_una = ack;
         if self.snd_nxt < ack {
             self.snd_nxt = ack;
@@ -465,7 +468,7 @@ impl Connection {
             return;
         }
         let had_holes = self.recv_buf.has_out_of_order();
-        let r = self.recv_buf.insert(offset, data);
+        let r = self.recv_buf.insert(offset, data, ctx.pool);
         if !r.complete {
             ctx.stats.drop_out_of_order_full += u64::from(offset > 0);
         }
@@ -488,7 +491,7 @@ impl Connection {
         }
         if r.advanced > 0 {
             if self.app_closed {
-                self.recv_buf.discard(self.recv_buf.readable());
+                self.recv_buf.discard(self.recv_buf.readable(), ctx.pool);
             } else if self.app_knows && !self.readable_pending {
                 self.readable_pending = true;
                 self.push_event(ctx, Event::Readable);

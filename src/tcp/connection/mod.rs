@@ -14,6 +14,7 @@ use super::error::ConnError;
 use super::event::Event;
 use super::id::{ConnId, FourTuple};
 use super::options::{self, Negotiated};
+use super::pool::ChunkPool;
 use super::reassembly::RecvBuffer;
 use super::rtt::RttEstimator;
 use super::send_buffer::SendBuffer;
@@ -30,6 +31,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) stats: &'a mut Stats,
     pub(crate) events: &'a mut VecDeque<(ConnId, Event)>,
     pub(crate) ctl: &'a mut ControlQueue,
+    /// The shard's chunk pool, which the buffers store their bytes in.
+    pub(crate) pool: &'a mut ChunkPool,
 }
 
 /// How a connection ended; the endpoint frees it and tells the application.
@@ -62,6 +65,9 @@ pub(crate) struct Connection {
 
     // RFC 9293 3.3.1, send sequence variables.
     pub(crate) iss: Seq,
+    /// Our SYN has been acknowledged (SND.UNA passed ISS). An explicit flag, not
+    /// `snd_una == iss`: after 2^32 - 1 bytes SND.UNA equals ISS again.
+    pub(crate) syn_acked: bool,
     pub(crate) snd_una: Seq,
     /// Next sequence number to send (rewound to SND.UNA on a retransmission timeout).
     pub(crate) snd_nxt: Seq,
@@ -144,8 +150,8 @@ impl Connection {
         iss: Seq,
         ts_offset: u32,
         cfg: &Config,
-        send: Box<[u8]>,
-        recv: Box<[u8]>,
+        send: SendBuffer,
+        recv: RecvBuffer,
     ) -> Self {
         let neg = options::negotiate(cfg, &TcpOptions::default());
         Connection {
@@ -158,6 +164,7 @@ impl Connection {
             holds_port: false,
             end: None,
             iss,
+            syn_acked: false,
             snd_una: iss,
             snd_nxt: iss,
             snd_max: iss,
@@ -178,12 +185,12 @@ impl Connection {
             ts_offset,
             ts_recent: 0,
             ts_recent_at: Instant::ZERO,
-            send_buf: SendBuffer::new(send),
-            recv_buf: RecvBuffer::new(recv),
+            send_buf: send,
+            recv_buf: recv,
             rtt: RttEstimator::new(cfg.rto_initial),
             rtt_timing: None,
             rexmit_tsval: None,
-            cc: NewReno::new(u32::from(neg.snd_mss), iss),
+            cc: NewReno::new(u32::from(neg.snd_mss)),
             rto_at: None,
             delack_at: None,
             persist_at: None,
@@ -214,8 +221,8 @@ impl Connection {
         iss: Seq,
         ts_offset: u32,
         cfg: &Config,
-        send: Box<[u8]>,
-        recv: Box<[u8]>,
+        send: SendBuffer,
+        recv: RecvBuffer,
     ) -> Self {
         let mut c = Connection::new(id, tuple, iss, ts_offset, cfg, send, recv);
         c.state = State::SynSent;
@@ -232,8 +239,8 @@ impl Connection {
         iss: Seq,
         ts_offset: u32,
         cfg: &Config,
-        send: Box<[u8]>,
-        recv: Box<[u8]>,
+        send: SendBuffer,
+        recv: RecvBuffer,
         syn: &TcpRepr,
         now: Instant,
     ) -> Self {
@@ -252,7 +259,7 @@ impl Connection {
         self.last_ack_sent = self.rcv_nxt;
         self.neg = options::negotiate(cfg, &syn.options);
         self.peer_ws = syn.options.window_scale.is_some();
-        self.cc = NewReno::new(u32::from(self.neg.snd_mss), self.iss);
+        self.cc = NewReno::new(u32::from(self.neg.snd_mss));
         if let (true, Some(ts)) = (self.neg.timestamps, syn.options.timestamps) {
             self.ts_recent = ts.tsval;
             self.ts_recent_at = now;
@@ -266,10 +273,10 @@ impl Connection {
 
     /// The sequence number of the first byte in the send buffer.
     pub(crate) fn buf_seq_start(&self) -> Seq {
-        if self.snd_una == self.iss {
-            self.iss + 1u32
-        } else {
+        if self.syn_acked {
             self.snd_una
+        } else {
+            self.iss + 1u32
         }
     }
 
@@ -314,14 +321,18 @@ impl Connection {
     // ---- Application calls (RFC 9293 3.10.2 to 3.10.5) ----
 
     /// SEND: queue what fits. Data queued before the handshake completes goes out after it.
-    pub(crate) fn app_send(&mut self, data: &[u8]) -> Result<usize, ConnError> {
+    pub(crate) fn app_send(
+        &mut self,
+        data: &[u8],
+        pool: &mut ChunkPool,
+    ) -> Result<usize, ConnError> {
         if self.fin_queued || self.app_closed {
             return Err(ConnError::SendClosed);
         }
         if !self.state.can_send() {
             return Err(ConnError::NotConnected);
         }
-        let n = self.send_buf.push(data);
+        let n = self.send_buf.push(data, pool);
         self.snd_data_end += n as u32;
         if n < data.len() {
             self.writable_wanted = true;
@@ -330,9 +341,9 @@ impl Connection {
     }
 
     /// RECEIVE: copy in-order data out; may open the window (RFC 9293 3.8.6.2.2).
-    pub(crate) fn app_recv(&mut self, buf: &mut [u8], cfg: &Config) -> usize {
+    pub(crate) fn app_recv(&mut self, buf: &mut [u8], cfg: &Config, pool: &mut ChunkPool) -> usize {
         self.readable_pending = false;
-        let n = self.recv_buf.read(buf);
+        let n = self.recv_buf.read(buf, pool);
         if n > 0 && self.state.can_receive() {
             // Receiver SWS avoidance: announce the opening once it is at least
             // min(buffer/2, MSS) beyond what was advertised, and the advertised
@@ -367,9 +378,9 @@ impl Connection {
     }
 
     /// CLOSE: the application is done with the id.
-    pub(crate) fn app_close(&mut self, now: Instant, cfg: &Config) {
+    pub(crate) fn app_close(&mut self, now: Instant, cfg: &Config, pool: &mut ChunkPool) {
         self.app_closed = true;
-        self.recv_buf.discard(self.recv_buf.readable());
+        self.recv_buf.discard(self.recv_buf.readable(), pool);
         match self.state {
             // RFC 9293 3.10.4: CLOSE in SYN-SENT deletes the TCB.
             State::SynSent => self.end = Some(End::Orderly),
@@ -441,8 +452,9 @@ impl Connection {
                     || (self.fin_queued && self.snd_nxt == self.snd_data_end)))
     }
 
-    /// Give the buffers back for reuse.
-    pub(crate) fn into_storage(self) -> (Box<[u8]>, Box<[u8]>) {
-        (self.send_buf.into_storage(), self.recv_buf.into_storage())
+    /// Give the buffers' chunks back to the pool.
+    pub(crate) fn release_buffers(&mut self, pool: &mut ChunkPool) {
+        self.send_buf.release(pool);
+        self.recv_buf.release(pool);
     }
 }

@@ -200,7 +200,7 @@ impl Connection {
             return None;
         }
         let off = (seq - buf_start) as usize;
-        let copied = self.send_buf.copy_out(off, &mut buf[..len]);
+        let copied = self.send_buf.copy_out(off, &mut buf[..len], ctx.pool);
         debug_assert_eq!(copied, len);
         let mut flags = TcpFlags::ACK;
         if len > 0 && seq + len == data_end {

@@ -114,7 +114,7 @@ impl Endpoint {
     }
 
     /// Safe to start a new incarnation of `tuple` over its TIME-WAIT entry `e`
-    /// (ARCHITECTURE.md): timestamps were in use, the entry is older than
+    /// (docs/ARCHITECTURE.md, "TIME_WAIT recycling"): timestamps were in use, the entry is older than
     /// `reuse_delay`, our new ISN is past the old SND.NXT and our timestamp
     /// clock for the tuple is past the last TSval sent, so the peer's PAWS and
     /// sequence checks tell the incarnations apart.

@@ -17,8 +17,11 @@ use super::event::{Event, Transmit};
 use super::id::{ConnId, FourTuple};
 use super::isn::Keys;
 use super::listener::Listener;
+use super::pool::ChunkPool;
 use super::ports::{DestKey, PortAllocator};
+use super::reassembly::RecvBuffer;
 use super::reset::reset_for;
+use super::send_buffer::SendBuffer;
 use super::state::State;
 use super::stats::Stats;
 use super::time::Instant;
@@ -31,11 +34,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Header-only replies queued at most (RSTs, TIME-WAIT ACKs, cookie SYN+ACKs).
 const CONTROL_QUEUE_LIMIT: usize = 4096;
-/// Spare buffer pairs kept for new connections.
-const BUFFER_POOL_LIMIT: usize = 256;
-
-/// A connection's (send, receive) storage.
-type BufferPair = (Box<[u8]>, Box<[u8]>);
+/// A new connection's (send, receive) buffers: bounds only, no storage yet.
+type BufferPair = (SendBuffer, RecvBuffer);
 
 struct Slot {
     generation: u32,
@@ -43,6 +43,15 @@ struct Slot {
     /// Bookkeeping of what the counters currently include for this connection.
     counted_established: bool,
     in_syn_queue: bool,
+}
+
+/// What [`Endpoint::buffer_pool`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BufferPoolStats {
+    pub in_use_bytes: usize,
+    pub allocated_bytes: usize,
+    /// Chunk requests refused because the budget was spent (windows shrank).
+    pub exhausted: u64,
 }
 
 /// All TCP state of one shard.
@@ -61,7 +70,8 @@ pub struct Endpoint {
     ctl: ControlQueue,
     events: VecDeque<(ConnId, Event)>,
     stats: Stats,
-    pool: Vec<BufferPair>,
+    /// Storage of every connection's buffers, lent in chunks as bytes arrive.
+    pool: ChunkPool,
     established: usize,
     /// RFC 5961 7 limiter shared by the stateless replies of TIME-WAIT entries.
     tw_ack_second: u32,
@@ -75,7 +85,8 @@ impl Endpoint {
     /// `secret` keys ISNs, timestamp offsets, port offsets and SYN cookies; draw
     /// it from the OS once per process (shards may share it).
     pub fn new(config: Config, secret: [u8; 16]) -> Self {
-        let ports = PortAllocator::new(config.port_range.clone());
+        let ports =
+            PortAllocator::with_filter(config.port_range.clone(), config.port_filter.clone());
         let time_wait = TimeWaitTable::new(config.max_time_wait);
         Endpoint {
             keys: Keys::new(secret),
@@ -90,7 +101,7 @@ impl Endpoint {
             ctl: ControlQueue::new(CONTROL_QUEUE_LIMIT),
             events: VecDeque::new(),
             stats: Stats::default(),
-            pool: Vec::new(),
+            pool: ChunkPool::new(config.buffer_pool_budget),
             established: 0,
             tw_ack_second: 0,
             tw_ack_count: 0,
@@ -180,6 +191,7 @@ impl Endpoint {
             stats: &mut self.stats,
             events: &mut self.events,
             ctl: &mut self.ctl,
+            pool: &mut self.pool,
         };
         conn.on_segment(tcp, payload, now, &mut ctx);
         self.after_call(index, now, true);
@@ -204,6 +216,7 @@ impl Endpoint {
                 stats: &mut self.stats,
                 events: &mut self.events,
                 ctl: &mut self.ctl,
+                pool: &mut self.pool,
             };
             conn.on_timeout(now, &mut ctx);
             self.after_call(index, now, true);
@@ -265,6 +278,7 @@ impl Endpoint {
                 stats: &mut self.stats,
                 events: &mut self.events,
                 ctl: &mut self.ctl,
+                pool: &mut self.pool,
             };
             let out = conn.poll_transmit(now, payload_buf, &mut ctx);
             let (local, remote) = (*conn.tuple.local.ip(), *conn.tuple.remote.ip());
@@ -324,8 +338,8 @@ impl Endpoint {
     /// Queue what fits of `data` for sending; `Ok(n < data.len())` means the
     /// buffer is full and `Writable` will follow when space frees.
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, ConnError> {
-        let conn = self.conn_mut(id)?;
-        let n = conn.app_send(data)?;
+        let conn = app_conn_mut(&mut self.slots, id)?;
+        let n = conn.app_send(data, &mut self.pool)?;
         self.after_call(id.index, self.last_now, true);
         Ok(n)
     }
@@ -333,7 +347,7 @@ impl Endpoint {
     /// Copy received in-order data into `buf`; `Ok(0)` when there is none now.
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, ConnError> {
         let conn = app_conn_mut(&mut self.slots, id)?;
-        let n = conn.app_recv(buf, &self.config);
+        let n = conn.app_recv(buf, &self.config, &mut self.pool);
         self.after_call(id.index, self.last_now, true);
         Ok(n)
     }
@@ -358,7 +372,7 @@ impl Endpoint {
         }
         // Timers armed by close (the FIN-WAIT-2 linger) start from the latest
         // time seen: the API's application calls take no time.
-        conn.app_close(self.last_now, &self.config);
+        conn.app_close(self.last_now, &self.config, &mut self.pool);
         self.after_call(id.index, self.last_now, true);
         Ok(())
     }
@@ -409,7 +423,8 @@ impl Endpoint {
     }
     /// Bytes `send` would accept now.
     pub fn send_capacity(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.send_capacity())
+        self.conn(id)
+            .map_or(0, |c| c.send_capacity().min(c.send_buf.free_in(&self.pool)))
     }
     /// Bytes `recv` would return now.
     pub fn recv_available(&self, id: ConnId) -> usize {
@@ -431,6 +446,15 @@ impl Endpoint {
     }
     pub fn time_wait_count(&self) -> usize {
         self.time_wait.len()
+    }
+    /// The buffer pool: bytes lent to connections now, bytes allocated from
+    /// the heap, and how often a buffer found the budget spent.
+    pub fn buffer_pool(&self) -> BufferPoolStats {
+        BufferPoolStats {
+            in_use_bytes: self.pool.in_use() * super::pool::CHUNK,
+            allocated_bytes: self.pool.allocated() * super::pool::CHUNK,
+            exhausted: self.pool.exhausted,
+        }
     }
 
     // ---- internals ----
@@ -465,13 +489,14 @@ impl Endpoint {
         Some((i, 0))
     }
 
+    /// A new connection's buffers: their bounds from the configuration and no
+    /// storage, which comes from the pool as bytes arrive (an idle connection
+    /// holds none).
     fn take_buffers(&mut self) -> BufferPair {
-        self.pool.pop().unwrap_or_else(|| {
-            (
-                vec![0u8; self.config.send_buffer.max(1)].into_boxed_slice(),
-                vec![0u8; self.config.recv_buffer.max(1)].into_boxed_slice(),
-            )
-        })
+        (
+            SendBuffer::new(self.config.send_buffer.max(1)),
+            RecvBuffer::new(self.config.recv_buffer.max(1)),
+        )
     }
 
     /// Put a new connection in slot `index` and register it.
@@ -528,6 +553,7 @@ impl Endpoint {
             self.compact(index, now);
             return;
         }
+        conn.recv_buf.note_pool(&self.pool);
         let deadline = conn.next_deadline();
         self.timers
             .schedule(&mut conn.scheduled, deadline, index, generation);
@@ -588,9 +614,8 @@ impl Endpoint {
             self.ports
                 .release(dest_key(&conn.tuple), conn.tuple.local.port());
         }
-        if self.pool.len() < BUFFER_POOL_LIMIT {
-            self.pool.push(conn.into_storage());
-        }
+        let mut conn = conn;
+        conn.release_buffers(&mut self.pool);
     }
 }
 
@@ -617,5 +642,34 @@ fn dest_key(tuple: &FourTuple) -> DestKey {
         local: *tuple.local.ip(),
         remote: *tuple.remote.ip(),
         remote_port: tuple.remote.port(),
+    }
+}
+
+#[cfg(test)]
+impl Endpoint {
+    /// Test fixture (smoltcp style): install a connection on `tuple` with our
+    /// ISS `iss`, shaped by `build` into any state (IRS, windows, options,
+    /// sequence variables). The application knows its id.
+    pub(crate) fn install_fixture(
+        &mut self,
+        tuple: FourTuple,
+        iss: super::seq::Seq,
+        now: Instant,
+        build: impl FnOnce(&mut Connection),
+    ) -> ConnId {
+        let (index, generation) = self.alloc_slot().expect("a free slot");
+        let id = ConnId { index, generation };
+        let ts_offset = self.keys.ts_offset(tuple);
+        let (send, recv) = self.take_buffers();
+        let mut conn = Connection::new_active(id, tuple, iss, ts_offset, &self.config, send, recv);
+        conn.syn_pending = false;
+        build(&mut conn);
+        self.install(index, conn, now);
+        id
+    }
+
+    /// Test access to a connection's internals.
+    pub(crate) fn conn_for_test(&mut self, id: ConnId) -> &mut Connection {
+        self.conn_mut(id).expect("a live connection")
     }
 }

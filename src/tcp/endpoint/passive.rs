@@ -213,6 +213,7 @@ impl Endpoint {
                 stats: &mut self.stats,
                 events: &mut self.events,
                 ctl: &mut self.ctl,
+                pool: &mut self.pool,
             };
             conn.on_segment(seg, payload, now, &mut ctx);
         }

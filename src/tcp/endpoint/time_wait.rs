@@ -8,6 +8,7 @@ use crate::tcp::isn::ts_clock;
 use crate::tcp::time::Instant;
 use crate::tcp::timewait::TimeWait;
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr, Timestamps};
+use std::net::SocketAddrV4;
 
 impl Endpoint {
     /// Connection `index` is in TIME-WAIT and the application is done with it:
@@ -38,8 +39,20 @@ impl Endpoint {
             self.push_control(tuple, ack);
         }
         if entry.holds_port {
-            self.ports
-                .push_time_wait(dest_key(&tuple), tuple.local.port(), entry.entered);
+            let time_wait = &self.time_wait;
+            let (local, remote) = (*tuple.local.ip(), tuple.remote);
+            self.ports.push_time_wait(
+                dest_key(&tuple),
+                tuple.local.port(),
+                entry.entered,
+                |port, entered| {
+                    let t = FourTuple {
+                        local: SocketAddrV4::new(local, port),
+                        remote,
+                    };
+                    time_wait.get(&t).is_some_and(|e| e.entered == entered)
+                },
+            );
         }
         if let Some((old, evicted)) = self.time_wait.insert(tuple, entry) {
             self.stats.time_wait_dropped_early += 1;

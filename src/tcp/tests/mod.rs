@@ -2,7 +2,9 @@
 //! segment with a virtual clock (smoltcp style, one file per topic), and a
 //! lossy-network simulation (quinn's `Pair` style).
 
+mod buffers;
 mod close;
+mod fixture;
 mod handshake;
 mod hostile;
 mod pair;
@@ -11,3 +13,4 @@ mod rfc5961;
 mod sim;
 mod sizes;
 mod time_wait;
+mod wrap;
