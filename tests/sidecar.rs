@@ -1290,4 +1290,130 @@ fn sidecar_vip_is_announced_with_bgp_while_ready_and_withdrawn_on_sigterm() {
     );
     lab.stop_sidecar();
     drop(kids);
+/// Many concurrent GETs through the sidecar (asyncio, `conc` at a time);
+/// prints the backend names, and the errors on stderr.
+const MANY_PY: &str = r#"
+import asyncio
+async def one(sem, path):
+    async with sem:
+        r, w = await asyncio.wait_for(asyncio.open_connection(*LB), 30)
+        try:
+            w.write(b"GET %s HTTP/1.1\r\nHost: lb\r\n\r\n" % path.encode())
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+            body = await asyncio.wait_for(r.readexactly(n), 30)
+            return body.decode().strip()
+        finally:
+            w.close()
+async def main(total, conc):
+    sem = asyncio.Semaphore(conc)
+    return await asyncio.gather(*[one(sem, "/") for _ in range(total)], return_exceptions=True)
+def many(total, conc):
+    res = asyncio.run(main(total, conc))
+    bad = [type(r).__name__ for r in res if not isinstance(r, str)]
+    print(" ".join(r for r in res if isinstance(r, str)))
+    print("errors", len(bad), " ".join(sorted(set(bad))))
+"#;
+
+#[test]
+fn sidecar_weights_1_2_3_over_30000_round_robin_connections() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new("weights", 0);
+    for i in 0..3 {
+        lab.start_backend(i, "http");
+    }
+    let b = |i: usize, w: u32| format!("{{ addr = \"{}\", weight = {w} }}", lab.backend_addr(i));
+    let text = format!(
+        "interface = \"{}\"\nqueues = 2\nmetrics = \"{METRICS}\"\n\n[[listener]]\nport = {LB_PORT}\nbackends = [{}, {}, {}]\n",
+        lab.topo.server.dev,
+        b(0, 1),
+        b(1, 2),
+        b(2, 3)
+    );
+    let cfg = lab.write_config("weights.toml", &text);
+    lab.start_sidecar(&cfg);
+    let out = lab.python(&format!("{MANY_PY}\nmany(30000, 100)\n"));
+    let c = counts(&out);
+    assert!(
+        out.contains("errors 0"),
+        "{}",
+        &out[out.len().saturating_sub(200)..]
+    );
+    let total: u64 = NAMES.iter().map(|n| c.get(*n).copied().unwrap_or(0)).sum();
+    assert_eq!(total, 30_000, "{c:?}");
+    for (i, w) in [1u64, 2, 3].into_iter().enumerate() {
+        let n = c.get(NAMES[i]).copied().unwrap_or(0);
+        let want = 30_000 * w / 6;
+        assert!(
+            n.abs_diff(want) * 50 <= want,
+            "weight {w}: {n} of 30000 (want {want} within 2%): {c:?}"
+        );
+    }
+    lab.stop_sidecar();
+}
+
+#[test]
+fn sidecar_max_connections_holds_under_200_clients_and_the_queue_times_out_cleanly() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new("maxconn", 0);
+    lab.start_backend(0, "slow");
+    let (dev, addr) = (lab.topo.server.dev.clone(), lab.backend_addr(0));
+    let text = |connect_ms: u64| {
+        format!(
+            "interface = \"{}\"\nqueues = 2\nmetrics = \"{METRICS}\"\n\n[[listener]]\nport = {LB_PORT}\n\
+             backends = [{{ addr = \"{}\", max_connections = 20 }}]\n\n\
+             [health]\ninterval_ms = 3600000\n[timeouts]\nconnect_ms = {connect_ms}\n",
+            dev, addr
+        )
+    };
+    let cfg = lab.write_config("maxconn.toml", &text(30_000));
+    lab.start_sidecar(&cfg);
+    // 200 at once, 300 ms each, 20 at a time: about 3 s, every one served.
+    let peak = format!(
+        "import urllib.request\nprint(\"peak\", urllib.request.urlopen(\"http://{}:{BACKEND_PORT}/peak\", timeout=5).read().decode().strip())\n",
+        lab.backends[0]
+    );
+    let out = lab.python(&format!("{MANY_PY}\nmany(200, 200)\n{peak}"));
+    assert!(out.contains("errors 0"), "{out}");
+    assert_eq!(counts(&out).get(NAMES[0]).copied(), Some(200), "{out}");
+    assert!(
+        out.contains("peak 20\n"),
+        "the backend held at most 20, and 20: {out}"
+    );
+    let text1 = lab.metrics();
+    assert!(
+        metric(&text1, "turnstile_proxy_queued_total") >= 150,
+        "{text1}"
+    );
+    assert_eq!(metric(&text1, "turnstile_proxy_queue_timeouts_total"), 0);
+
+    // A 500 ms queue: 20 served at once, 20 more as those end at 300 ms,
+    // the rest reset at 500 ms (a clean RST, counted).
+    std::fs::write(&cfg, text(500)).unwrap();
+    lab.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab.python(&format!("{MANY_PY}\nmany(200, 200)\n{peak}"));
+    let served = counts(&out).get(NAMES[0]).copied().unwrap_or(0);
+    assert!((20..=60).contains(&served), "{out}");
+    let errors = 200 - served;
+    assert!(
+        out.contains(&format!("errors {errors} ")),
+        "every other client failed: {out}"
+    );
+    assert!(
+        !out.contains("TimeoutError"),
+        "reset promptly, not left hanging: {out}"
+    );
+    assert!(out.contains("peak 20\n"), "{out}");
+    let text2 = lab.metrics();
+    assert_eq!(
+        metric(&text2, "turnstile_proxy_queue_timeouts_total"),
+        errors,
+        "{text2}"
+    );
+    lab.stop_sidecar();
 }

@@ -45,6 +45,8 @@ impl Config {
                     port: l.port,
                     balance: l.balance,
                     backends: l.backends.clone(),
+                    slow_start: l.slow_start,
+                    proxy_protocol: l.proxy_protocol,
                 })
                 .collect(),
             health: self.health,

@@ -27,7 +27,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::app::proxy::settings::{BackendSettings, Balance, Health, Timeouts};
+pub use crate::app::proxy::settings::{BackendSettings, Balance, Health, ProxyProtocol, Timeouts};
 use crate::xdp::XdpMode;
 pub use error::ConfigError;
 pub use parse::parse_port_range;
@@ -70,6 +70,8 @@ pub struct Listener {
     pub backends: Vec<BackendSettings>,
     /// Client connections held at once at most (`max_connections`).
     pub max_connections: Option<usize>,
+    pub slow_start: Duration,
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Connections from the sidecar to backends: local ports and TIME_WAIT.

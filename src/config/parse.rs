@@ -9,8 +9,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Source;
-use super::schema::{RawConfig, RawHealth, RawListener, RawTimeouts, RawUpstream};
-use super::{BackendSettings, Balance, Config, ConfigError, Health, Listener, Timeouts, Upstream};
+use super::schema::{RawBackend, RawConfig, RawHealth, RawListener, RawTimeouts, RawUpstream};
+use super::{
+    BackendSettings, Balance, Config, ConfigError, Health, Listener, ProxyProtocol, Timeouts,
+    Upstream,
+};
+use crate::app::proxy::settings::MAX_WEIGHT;
 use crate::xdp::XdpMode;
 
 pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
@@ -242,15 +246,37 @@ fn listener(
     }
     let mut backends: Vec<BackendSettings> = Vec::with_capacity(l.backends.get_ref().len());
     for b in l.backends.get_ref() {
-        let addr =
-            parse_backend(b.get_ref()).map_err(|e| src.at(b, format!("listener.backends: {e}")))?;
+        let addr = parse_backend(b.get_ref().addr())
+            .map_err(|e| src.at(b, format!("listener.backends: {e}")))?;
         if backends.iter().any(|o| o.addr == addr) {
             return Err(src.at(
                 b,
                 format!("listener.backends: {addr} is listed twice for listener {port}"),
             ));
         }
-        backends.push(BackendSettings::new(addr));
+        let mut backend = BackendSettings::new(addr);
+        if let RawBackend::Table(t) = b.get_ref() {
+            if let Some(w) = t.weight {
+                if w > MAX_WEIGHT {
+                    return Err(src.at(
+                        b,
+                        format!("listener.backends: {addr}: weight = {w}: at most {MAX_WEIGHT} (0 drains it)"),
+                    ));
+                }
+                backend.weight = w;
+            }
+            if let Some(m) = t.max_connections {
+                if m == 0 {
+                    return Err(src.at(
+                        b,
+                        format!("listener.backends: {addr}: max_connections = 0: need at least 1 (use weight = 0 to drain it)"),
+                    ));
+                }
+                backend.max_connections = Some(m);
+            }
+            backend.backup = t.backup.unwrap_or(false);
+        }
+        backends.push(backend);
     }
     let address = match &l.address {
         None => None,
@@ -273,12 +299,38 @@ fn listener(
             Some(ip)
         }
     };
+    if backends.iter().all(|b| b.backup) {
+        return Err(src.at(
+            &l.backends,
+            format!("listener.backends: every backend of listener {port} is a backup; make at least one a primary"),
+        ));
+    }
+    let proxy_protocol = match &l.proxy_protocol {
+        None => ProxyProtocol::Off,
+        Some(v) => ProxyProtocol::from_name(v.get_ref()).ok_or_else(|| {
+            src.at(
+                v,
+                format!(
+                    "listener.proxy_protocol = {:?}: expected \"off\", \"v1\" or \"v2\"",
+                    v.get_ref()
+                ),
+            )
+        })?,
+    };
     Ok(Listener {
         address,
         port,
         balance,
         backends,
         max_connections: l.max_connections.as_ref().map(|m| *m.get_ref() as usize),
+        proxy_protocol,
+        slow_start: millis(
+            src,
+            l.slow_start_ms.as_ref(),
+            "listener.slow_start_ms",
+            0,
+            Duration::ZERO,
+        )?,
     })
 }
 

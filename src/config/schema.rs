@@ -4,6 +4,7 @@
 //! check in `parse.rs`, its place in [`super::Config`].
 
 use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -31,8 +32,56 @@ pub struct RawListener {
     pub address: Option<Spanned<String>>,
     pub port: Spanned<u16>,
     pub balance: Option<Spanned<String>>,
-    pub backends: Spanned<Vec<Spanned<String>>>,
     pub max_connections: Option<Spanned<u64>>,
+    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    pub slow_start_ms: Option<Spanned<u64>>,
+    pub proxy_protocol: Option<Spanned<String>>,
+}
+
+/// A backend: `"ip:port"` or `{ addr = "ip:port", weight = 3, ... }`.
+pub enum RawBackend {
+    Addr(String),
+    Table(RawBackendTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTable {
+    pub addr: String,
+    pub weight: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub backup: Option<bool>,
+}
+
+impl RawBackend {
+    pub fn addr(&self) -> &str {
+        match self {
+            RawBackend::Addr(a) => a,
+            RawBackend::Table(t) => &t.addr,
+        }
+    }
+}
+
+// By hand rather than `#[serde(untagged)]`: an untagged enum reports only
+// "did not match any variant", losing which key of the table was wrong.
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBackend;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"ip:port\" or a table { addr = \"ip:port\", weight = N, max_connections = N, backup = true }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawBackend, E> {
+                Ok(RawBackend::Addr(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBackend, A::Error> {
+                RawBackendTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawBackend::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]

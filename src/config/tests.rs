@@ -267,3 +267,46 @@ fn fleet_keys_virtual_ip_seed_and_announce_grace() {
     .unwrap_err();
     assert!(e.message().contains("not a unicast address"), "{e}");
 }
+
+#[test]
+fn backends_as_strings_or_tables() {
+    let c = parse(&good_with(
+        "backends = [\"10.0.0.7:8443\"]",
+        "slow_start_ms = 30000\nbackends = [\"10.0.0.7:8443\",\n  { addr = \"10.0.0.8:8443\", weight = 3, max_connections = 500 },\n  { addr = \"10.0.0.9:8443\", backup = true }]",
+    ))
+    .unwrap();
+    let l = &c.listeners[1];
+    assert_eq!(l.slow_start, Duration::from_secs(30));
+    assert_eq!(
+        l.backends[0],
+        BackendSettings::new("10.0.0.7:8443".parse().unwrap())
+    );
+    assert_eq!(
+        (l.backends[1].weight, l.backends[1].max_connections),
+        (3, Some(500))
+    );
+    assert!(l.backends[2].backup && l.backends[2].weight == 1);
+    let p = c.proxy_settings();
+    assert_eq!(p.listeners[1].backends, l.backends);
+    for (to, needle, line) in [
+        ("{ addr = \"10.0.0.8:1\", wieght = 3 }", "wieght", 13),
+        ("{ addr = \"10.0.0.8:1\", weight = 300 }", "at most 256", 13),
+        (
+            "{ addr = \"10.0.0.8:1\", max_connections = 0 }",
+            "max_connections = 0",
+            13,
+        ),
+        ("{ addr = \"10.0.0.300:1\" }", "10.0.0.300", 13),
+        ("{ weight = 2 }", "addr", 13),
+        (
+            "{ addr = \"10.0.0.8:1\", backup = true }",
+            "every backend",
+            13,
+        ),
+        ("5", "ip:port", 13),
+    ] {
+        let e = err(&good_with("[\"10.0.0.7:8443\"]", &format!("[{to}]")));
+        assert!(e.message().contains(needle), "{to}: {e}");
+        assert_eq!(e.line(), line, "{to}: {e}");
+    }
+}

@@ -10,7 +10,8 @@
 //! turnstile_backend_bytes_total{backend,direction}           counter to_backend|from_backend
 //! turnstile_backend_health_checks_total{backend,result}      counter ok|failed
 //! turnstile_proxy_sessions_total, turnstile_proxy_retries_total, turnstile_proxy_no_backend_total,
-//! turnstile_proxy_idle_timeouts_total, turnstile_proxy_resets_propagated_total   counters
+//! turnstile_proxy_idle_timeouts_total, turnstile_proxy_resets_propagated_total,
+//! turnstile_proxy_queued_total, turnstile_proxy_queue_timeouts_total           counters
 //! turnstile_config_reloads_total{result}                     counter ok|failed
 //! turnstile_config_generation                                gauge   routing snapshots published
 //! ```
@@ -162,6 +163,16 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
             "turnstile_proxy_resets_propagated_total",
             "Resets or timeouts on one leg turned into an abort of the other.",
             &s.resets_propagated,
+        ),
+        (
+            "turnstile_proxy_queued_total",
+            "Clients that waited for a backend below its max_connections.",
+            &s.queued,
+        ),
+        (
+            "turnstile_proxy_queue_timeouts_total",
+            "Queued clients reset after connect_ms without a backend slot (or at once: queue full).",
+            &s.queue_timeouts,
         ),
     ] {
         family(out, name, "counter", help);

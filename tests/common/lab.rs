@@ -21,7 +21,8 @@ pub const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 /// client closes first); `GET /hold` sends the head and its name, then holds
 /// the rest of the body for a minute; `echo` returns every byte; `count`
 /// reads to EOF, then answers with the byte count and closes; `rst` reads
-/// once, then resets.
+/// once, then resets; `slow` answers after 300 ms and `GET /peak` tells the
+/// most connections it held at once.
 pub const BACKEND_PY: &str = r#"
 import asyncio, socket, struct, sys
 ip, port, name, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -78,6 +79,30 @@ async def rst(reader, writer):
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+CUR = [0, 0]
+async def slow(reader, writer):
+    # Counts connections open at once: GET /peak answers the highest so far
+    # (and is not counted); anything else is answered after 300 ms.
+    counted = False
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /peak"):
+            body = b"%d\n" % CUR[1]
+        else:
+            counted = True
+            CUR[0] += 1
+            CUR[1] = max(CUR[1], CUR[0])
+            await asyncio.sleep(0.3)
+            body = BODY
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        pass
+    finally:
+        if counted:
+            CUR[0] -= 1
+        writer.close()
 
 async def main():
     server = await asyncio.start_server(globals()[mode], ip, port, backlog=4096, reuse_address=True)

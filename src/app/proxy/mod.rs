@@ -25,6 +25,7 @@ pub mod balance;
 pub mod health;
 pub mod maglev;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod settings;
 #[cfg(test)]
 mod tests;
@@ -39,8 +40,10 @@ use rustc_hash::FxHashMap;
 
 use super::{App, Ctx, OpenError};
 use crate::tcp::{ConnId, ConnectError, Event, Instant};
+use balance::Pick;
 use health::{HealthState, Transition};
-use pool::{Backend, Failure, RouteCell, Routes};
+use pool::{Backend, Failure, RouteCell, Routes, Slot};
+use proxy_protocol::ProxyProtocol;
 use settings::Health;
 
 /// How often deadlines (connect, idle, health checks) are looked at.
@@ -50,6 +53,10 @@ const SCAN_EVERY: Duration = Duration::from_millis(5);
 /// TIME_WAIT tuple becomes reusable, and at least this often (a port may
 /// also free when a connection ends without TIME_WAIT).
 const PORT_RETRY_EVERY: Duration = Duration::from_millis(5);
+
+/// Clients waiting for a backend below its `max_connections`, per shard at
+/// most (more are reset at once and counted).
+const MAX_QUEUED: usize = 4096;
 
 /// Proxy-wide counters (all shards).
 #[derive(Debug, Default)]
@@ -64,6 +71,11 @@ pub struct ProxyStats {
     pub idle_timeouts: AtomicU64,
     /// Resets (or timeouts) on one leg turned into an abort of the other.
     pub resets_propagated: AtomicU64,
+    /// Clients that waited for a backend slot (`max_connections`).
+    pub queued: AtomicU64,
+    /// Of those, reset after `connect_ms` without a slot, or at once
+    /// because the queue was full.
+    pub queue_timeouts: AtomicU64,
 }
 
 impl ProxyStats {
@@ -133,7 +145,8 @@ struct Session {
     port: u16,
     /// The current upstream attempt, or the established upstream leg.
     upstream: Option<ConnId>,
-    backend: Option<Arc<Backend>>,
+    /// The backend of `upstream` (holding one of its slots).
+    backend: Option<Slot>,
     tried: Vec<SocketAddrV4>,
     /// The upstream handshake completed.
     connected: bool,
@@ -155,6 +168,8 @@ struct Session {
     blocked: bool,
     /// Queued in `Proxy::port_waiters` (`backend` is the one waited for).
     waiting_port: bool,
+    /// Queued in `Proxy::slot_waiters` until `connect_deadline`.
+    waiting_slot: bool,
 }
 
 /// One backend's checks, on the shard that checks it.
@@ -178,6 +193,8 @@ pub struct Proxy {
     /// Sessions waiting for a local port towards their backend.
     port_waiters: VecDeque<u32>,
     next_port_retry: Instant,
+    /// Sessions waiting for a backend below its `max_connections`.
+    slot_waiters: VecDeque<u32>,
     probes: FxHashMap<SocketAddrV4, Probe>,
     probe_ids: FxHashMap<ConnId, SocketAddrV4>,
     scratch: Box<[u8]>,
@@ -198,6 +215,7 @@ impl Proxy {
             blocked: Vec::new(),
             port_waiters: VecDeque::new(),
             next_port_retry: Instant::ZERO,
+            slot_waiters: VecDeque::new(),
             probes: FxHashMap::default(),
             probe_ids: FxHashMap::default(),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
@@ -248,6 +266,7 @@ impl Proxy {
             upstream_gone: false,
             blocked: false,
             waiting_port: false,
+            waiting_slot: false,
         };
         let sid = match self.free.pop() {
             Some(sid) => {
@@ -263,35 +282,107 @@ impl Proxy {
         self.connect_next(ctx, sid);
     }
 
-    /// Opens the upstream leg to the next backend to try; resets the
+    /// Opens the upstream leg to the next backend to try; queues the
+    /// client while every candidate is at its `max_connections`; resets the
     /// client when none is left.
     fn connect_next(&mut self, ctx: &mut Ctx<'_>, sid: u32) {
         let routes = self.routes.clone();
+        let now = ctx.now();
         loop {
             let Some(s) = self.sessions[sid as usize].as_mut() else {
                 return;
             };
-            let pick = routes
-                .route(s.port)
-                .and_then(|r| r.pick(s.client_ip, &s.tried).map(|i| r.backends[i].clone()));
-            let Some(backend) = pick else {
+            let pick = match routes.route(s.port) {
+                None => Pick::None,
+                Some(r) => match r.pick(s.client_ip, &s.tried, now) {
+                    Pick::Backend(i) => {
+                        let limit = r.settings[i].max_connections;
+                        match Slot::reserve(&r.backends[i], limit) {
+                            Some(slot) => {
+                                if !s.tried.is_empty() {
+                                    ProxyStats::bump(&self.shared.stats.retries);
+                                }
+                                s.tried.push(slot.addr);
+                                s.connect_deadline = now.saturating_add(routes.timeouts.connect);
+                                match self.open_upstream(ctx, sid, slot) {
+                                    Ok(()) => return,
+                                    Err(Some(why)) => {
+                                        tracing::debug!(
+                                            why = why.label(),
+                                            "upstream connect failed"
+                                        );
+                                        continue;
+                                    }
+                                    // Waiting for a local port; see `retry_port_waiters`.
+                                    Err(None) => return,
+                                }
+                            }
+                            // Another shard took the last slot meanwhile.
+                            None => Pick::Full,
+                        }
+                    }
+                    other => other,
+                },
+            };
+            let Some(s) = self.sessions[sid as usize].as_mut() else {
+                return;
+            };
+            if pick == Pick::Full {
+                if s.waiting_slot {
+                    return;
+                }
+                if self.slot_waiters.len() < MAX_QUEUED {
+                    ProxyStats::bump(&self.shared.stats.queued);
+                    s.waiting_slot = true;
+                    s.connect_deadline = now.saturating_add(routes.timeouts.connect);
+                    self.slot_waiters.push_back(sid);
+                    return;
+                }
+                ProxyStats::bump(&self.shared.stats.queue_timeouts);
+            }
+            ProxyStats::bump(&self.shared.stats.no_backend);
+            tracing::debug!(client = %s.client_ip, port = s.port, "no backend left: client reset");
+            let _ = ctx.abort(s.client);
+            s.client_gone = true;
+            self.end(sid);
+            return;
+        }
+    }
+
+    /// Clients waiting for a backend slot, oldest first: each tries again;
+    /// one past its deadline (`connect_ms` after it queued) is reset.
+    fn retry_slot_waiters(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        for _ in 0..self.slot_waiters.len() {
+            let Some(sid) = self.slot_waiters.pop_front() else {
+                break;
+            };
+            let Some(s) = self.sessions[sid as usize].as_mut() else {
+                continue;
+            };
+            if !s.waiting_slot || s.client_gone {
+                s.waiting_slot = false;
+                continue;
+            }
+            if now >= s.connect_deadline {
+                s.waiting_slot = false;
+                ProxyStats::bump(&self.shared.stats.queue_timeouts);
                 ProxyStats::bump(&self.shared.stats.no_backend);
-                tracing::debug!(client = %s.client_ip, port = s.port, "no backend left: client reset");
                 let _ = ctx.abort(s.client);
                 s.client_gone = true;
                 self.end(sid);
-                return;
-            };
-            if !s.tried.is_empty() {
-                ProxyStats::bump(&self.shared.stats.retries);
+                continue;
             }
-            s.tried.push(backend.addr);
-            s.connect_deadline = ctx.now().saturating_add(routes.timeouts.connect);
-            match self.open_upstream(ctx, sid, backend) {
-                Ok(()) => return,
-                Err(Some(why)) => tracing::debug!(why = why.label(), "upstream connect failed"),
-                // Waiting for a local port; see `retry_port_waiters`.
-                Err(None) => return,
+            // Still waiting: connect_next re-queues it (at the back) when
+            // every candidate is still full.
+            s.waiting_slot = false;
+            let deadline = s.connect_deadline;
+            self.connect_next(ctx, sid);
+            if let Some(s) = self.sessions[sid as usize].as_mut()
+                && s.waiting_slot
+            {
+                // Keeps its original deadline.
+                s.connect_deadline = deadline;
             }
         }
     }
@@ -304,7 +395,7 @@ impl Proxy {
         &mut self,
         ctx: &mut Ctx<'_>,
         sid: u32,
-        backend: Arc<Backend>,
+        backend: Slot,
     ) -> Result<(), Option<Failure>> {
         let Some(s) = self.sessions[sid as usize].as_mut() else {
             return Ok(());
@@ -511,6 +602,22 @@ impl Proxy {
             Event::Connected => {
                 s.connected = true;
                 s.last_active = ctx.now();
+                // The PROXY header goes before any client byte; the send
+                // buffer of a fresh connection has room for it.
+                let version = self
+                    .routes
+                    .route(s.port)
+                    .map_or(ProxyProtocol::Off, |r| r.proxy_protocol);
+                if version != ProxyProtocol::Off
+                    && let (Some(t), Some(up)) = (ctx.tuple(s.client), s.upstream)
+                {
+                    let mut header = [0u8; proxy_protocol::MAX_HEADER];
+                    let n = proxy_protocol::encode(version, t.remote, t.local, &mut header);
+                    if !matches!(ctx.send(up, &header[..n]), Ok(sent) if sent == n) {
+                        self.abort_both(ctx, sid);
+                        return;
+                    }
+                }
                 if let Some(b) = &s.backend {
                     b.opened();
                 }
@@ -624,7 +731,15 @@ impl Proxy {
                     let _ = ctx.abort(id);
                     self.probe_ids.remove(&id);
                     probe.pending = None;
-                    record(&self.shared, h, backend, probe, false, "check timed out");
+                    record(
+                        &self.shared,
+                        h,
+                        backend,
+                        probe,
+                        false,
+                        "check timed out",
+                        now,
+                    );
                 }
                 continue;
             }
@@ -644,7 +759,7 @@ impl Proxy {
                         backend.failed(Failure::Unreachable);
                     }
                     let why = e.to_string();
-                    record(&self.shared, h, backend, probe, false, &why);
+                    record(&self.shared, h, backend, probe, false, &why, now);
                 }
             }
         }
@@ -679,14 +794,31 @@ impl Proxy {
         if probe.pending.is_some_and(|(p, _)| p == id) {
             probe.pending = None;
             let why = format!("{event:?}").to_lowercase();
-            record(&self.shared, self.routes.health, &backend, probe, ok, &why);
+            let now = ctx.now();
+            record(
+                &self.shared,
+                self.routes.health,
+                &backend,
+                probe,
+                ok,
+                &why,
+                now,
+            );
         }
     }
 }
 
 /// Feeds one check result to a backend's state machine; on a transition,
 /// flips its shared flag and logs one line.
-fn record(shared: &Shared, h: Health, backend: &Backend, probe: &mut Probe, ok: bool, why: &str) {
+fn record(
+    shared: &Shared,
+    h: Health,
+    backend: &Backend,
+    probe: &mut Probe,
+    ok: bool,
+    why: &str,
+    now: Instant,
+) {
     let counter = if ok {
         &backend.checks_ok
     } else {
@@ -700,6 +832,8 @@ fn record(shared: &Shared, h: Health, backend: &Backend, probe: &mut Probe, ok: 
             tracing::warn!(backend = %backend.addr, fall = h.fall, last = why, "backend down: ejected");
         }
         Some(Transition::Up) => {
+            // Slow start ramps from here.
+            backend.came_up(now);
             backend.set_up(true);
             shared.health_changes.fetch_add(1, Ordering::Release);
             tracing::warn!(backend = %backend.addr, rise = h.rise, "backend up: readmitted");
@@ -797,6 +931,9 @@ impl App for Proxy {
         let now = ctx.now();
         if now >= self.next_scan {
             self.next_scan = now.saturating_add(SCAN_EVERY);
+            if !self.slot_waiters.is_empty() {
+                self.retry_slot_waiters(ctx);
+            }
             self.unblock(ctx);
             self.check_deadlines(ctx);
             self.check_health(ctx);

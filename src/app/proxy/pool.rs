@@ -12,8 +12,12 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::time::Duration;
+
 use super::maglev::{Maglev, TABLE_SIZE};
-use super::settings::{Balance, Health, ProxySettings, Timeouts};
+use super::proxy_protocol::ProxyProtocol;
+use super::settings::{BackendSettings, Balance, Health, ProxySettings, Timeouts};
+use crate::tcp::Instant;
 
 /// Why a connection to a backend failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +73,12 @@ pub struct Backend {
     pub bytes_from: AtomicU64,
     pub checks_ok: AtomicU64,
     pub checks_failed: AtomicU64,
+    /// Upstream attempts and sessions holding one of its
+    /// `max_connections` slots (over all shards).
+    slots: AtomicU64,
+    /// When it last came up (microseconds of the shards' clock; 0: up
+    /// since start), for slow start.
+    up_since: AtomicU64,
 }
 
 impl Backend {
@@ -84,7 +94,55 @@ impl Backend {
             bytes_from: AtomicU64::new(0),
             checks_ok: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
+            slots: AtomicU64::new(0),
+            up_since: AtomicU64::new(0),
         }
+    }
+
+    /// Takes one of `limit` slots; false when all are held.
+    pub fn try_reserve(&self, limit: Option<u32>) -> bool {
+        let Some(limit) = limit else {
+            self.slots.fetch_add(1, Ordering::Relaxed);
+            return true;
+        };
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < u64::from(limit)).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a slot taken by [`Backend::try_reserve`].
+    pub fn release(&self) {
+        let _ = self
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Slots held now.
+    pub fn reserved(&self) -> u64 {
+        self.slots.load(Ordering::Relaxed)
+    }
+
+    /// Marks it up from `now` (slow start ramps from here).
+    pub fn came_up(&self, now: Instant) {
+        self.up_since
+            .store(now.as_micros().max(1), Ordering::Relaxed);
+    }
+
+    /// Its weight now: `weight` once up for `slow_start`, ramping
+    /// linearly from 1 before that.
+    pub fn effective_weight(&self, weight: u32, slow_start: Duration, now: Instant) -> u32 {
+        let since = self.up_since.load(Ordering::Relaxed);
+        if weight <= 1 || slow_start.is_zero() || since == 0 {
+            return weight;
+        }
+        let up = now.saturating_duration_since(Instant::from_micros(since));
+        if up >= slow_start {
+            return weight;
+        }
+        let frac = up.as_secs_f64() / slow_start.as_secs_f64();
+        1 + ((weight - 1) as f64 * frac) as u32
     }
 
     #[inline]
@@ -122,6 +180,31 @@ impl Backend {
 
     pub fn closed(&self) {
         self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One of a backend's `max_connections` slots, held by a session from its
+/// upstream attempt until it ends; given back when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<Backend>);
+
+impl Slot {
+    /// A slot of `backend` if it has one free under `limit`.
+    pub fn reserve(backend: &Arc<Backend>, limit: Option<u32>) -> Option<Slot> {
+        backend.try_reserve(limit).then(|| Slot(backend.clone()))
+    }
+}
+
+impl std::ops::Deref for Slot {
+    type Target = Backend;
+    fn deref(&self) -> &Backend {
+        &self.0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -166,9 +249,19 @@ pub struct Route {
     pub port: u16,
     pub balance: Balance,
     pub backends: Vec<Arc<Backend>>,
-    /// For `maglev`: the table over the backends that were up when the
-    /// snapshot was built (all of them when none was), and for each of its
-    /// backends (in the table's order) the index in `backends`.
+    /// Per backend (same index): weight, limit and role in this listener.
+    pub settings: Vec<BackendSettings>,
+    pub slow_start: Duration,
+    /// The PROXY header sent upstream.
+    pub proxy_protocol: ProxyProtocol,
+    /// For `round-robin`: primary backend indices in smooth weighted
+    /// round-robin order, each `weight` times (weight 0: absent).
+    pub schedule: Vec<u32>,
+    /// The same for the backups.
+    pub backup_schedule: Vec<u32>,
+    /// For `maglev`: the table over the backends it would pick now (see
+    /// [`Route::maglev_members`]) when the snapshot was built, and for each
+    /// of its entries the index in `backends`.
     pub maglev: Option<(Maglev, Vec<usize>)>,
     /// Round-robin position; carried across snapshots of the same port.
     pub turn: Arc<AtomicUsize>,
@@ -203,37 +296,42 @@ impl Routes {
                 let backends: Vec<Arc<Backend>> =
                     l.backends.iter().map(|b| set.get(b.addr)).collect();
                 let old = prev.and_then(|p| p.route(l.port));
-                let maglev = (l.balance == Balance::Maglev).then(|| {
-                    let mut live: Vec<usize> = (0..backends.len())
-                        .filter(|&i| backends[i].is_up())
+                let mut route = Route {
+                    port: l.port,
+                    balance: l.balance,
+                    backends,
+                    settings: l.backends.clone(),
+                    slow_start: l.slow_start,
+                    proxy_protocol: l.proxy_protocol,
+                    schedule: smooth_schedule(&l.backends, false),
+                    backup_schedule: smooth_schedule(&l.backends, true),
+                    maglev: None,
+                    turn: old.map_or_else(|| Arc::new(AtomicUsize::new(0)), |o| o.turn.clone()),
+                };
+                if l.balance == Balance::Maglev {
+                    // A pure function of the members and their weights (never
+                    // of `prev`): every instance of a fleet builds the same
+                    // table. Members have weight >= 1 (drained ones are out).
+                    let set: Vec<(SocketAddrV4, u32)> = route
+                        .maglev_members()
+                        .iter()
+                        .map(|&i| (route.backends[i].addr, route.settings[i].weight.max(1)))
                         .collect();
-                    if live.is_empty() {
-                        live = (0..backends.len()).collect();
-                    }
-                    // A pure function of the live set (never of `prev`):
-                    // every instance of a fleet builds the same table.
-                    let set: Vec<(SocketAddrV4, u32)> =
-                        live.iter().map(|&i| (backends[i].addr, 1)).collect();
                     let table = Maglev::build(&set, TABLE_SIZE, settings.maglev_seed);
                     let index = table
                         .backends()
                         .iter()
                         .map(|a| {
-                            backends
+                            route
+                                .backends
                                 .iter()
                                 .position(|b| b.addr == *a)
                                 .expect("a table backend is a route backend")
                         })
                         .collect();
-                    (table, index)
-                });
-                Route {
-                    port: l.port,
-                    balance: l.balance,
-                    backends,
-                    maglev,
-                    turn: old.map_or_else(|| Arc::new(AtomicUsize::new(0)), |o| o.turn.clone()),
+                    route.maglev = Some((table, index));
                 }
+                route
             })
             .collect();
         Routes {
@@ -274,20 +372,80 @@ impl Routes {
         self.routes.iter().any(|r| match &r.maglev {
             None => false,
             Some((_, live)) => {
-                let now: Vec<usize> = (0..r.backends.len())
-                    .filter(|&i| r.backends[i].is_up())
-                    .collect();
-                let now_or_all = if now.is_empty() {
-                    (0..r.backends.len()).collect()
-                } else {
-                    now
-                };
+                let mut now = r.maglev_members();
+                now.sort_unstable();
                 let mut have = live.clone();
                 have.sort_unstable();
-                now_or_all != have
+                now != have
             }
         })
     }
+}
+
+impl Route {
+    /// Whether backend `i` may take new sessions at all (weight above 0).
+    #[inline]
+    pub fn admits(&self, i: usize) -> bool {
+        self.settings[i].weight > 0
+    }
+
+    /// Whether some primary backend is up and admitting: backups wait
+    /// until none is.
+    pub fn primary_up(&self) -> bool {
+        (0..self.backends.len())
+            .any(|i| !self.settings[i].backup && self.admits(i) && self.backends[i].is_up())
+    }
+
+    /// What a Maglev table is built over: the admitting primaries that are
+    /// up; else the admitting backups that are up; else every admitting
+    /// backend (health may lag; a refusal is cheap).
+    pub fn maglev_members(&self) -> Vec<usize> {
+        let n = self.backends.len();
+        let tier = |backup: bool| -> Vec<usize> {
+            (0..n)
+                .filter(|&i| {
+                    self.settings[i].backup == backup && self.admits(i) && self.backends[i].is_up()
+                })
+                .collect()
+        };
+        let primaries = tier(false);
+        if !primaries.is_empty() {
+            return primaries;
+        }
+        let backups = tier(true);
+        if !backups.is_empty() {
+            return backups;
+        }
+        (0..n).filter(|&i| self.admits(i)).collect()
+    }
+}
+
+/// Smooth weighted round-robin (as nginx does it): each turn every backend
+/// gains its weight, the one with the most credit is chosen and pays the
+/// total. Weights 5:1:1 give a,a,b,a,c,a,a rather than a,a,a,a,a,b,c.
+fn smooth_schedule(backends: &[BackendSettings], backup: bool) -> Vec<u32> {
+    let weight = |b: &BackendSettings| {
+        if b.backup == backup {
+            i64::from(b.weight)
+        } else {
+            0
+        }
+    };
+    let total: i64 = backends.iter().map(weight).sum();
+    let mut credit = vec![0i64; backends.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, b) in backends.iter().enumerate() {
+            credit[i] += weight(b);
+            if credit[i] > credit[best] {
+                best = i;
+            }
+        }
+        credit[best] -= total;
+        out.push(best as u32);
+    }
+    out
 }
 
 /// The published snapshot: a generation number to check cheaply and the

@@ -6,6 +6,8 @@
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
+pub use super::proxy_protocol::ProxyProtocol;
+
 /// How a listener picks a backend for a new client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Balance {
@@ -34,15 +36,31 @@ impl Balance {
     }
 }
 
+/// The largest backend weight (Maglev tables stay fair up to it).
+pub const MAX_WEIGHT: u32 = 256;
+
 /// One backend of a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSettings {
     pub addr: SocketAddrV4,
+    /// Relative share of new sessions; 0 drains (no new sessions, the open
+    /// ones finish).
+    pub weight: u32,
+    /// Open sessions to it at most (over all shards and listeners); more
+    /// clients wait up to `connect` in a bounded queue. `None`: no limit.
+    pub max_connections: Option<u32>,
+    /// Takes sessions only while no primary backend of the listener is up.
+    pub backup: bool,
 }
 
 impl BackendSettings {
     pub fn new(addr: SocketAddrV4) -> Self {
-        BackendSettings { addr }
+        BackendSettings {
+            addr,
+            weight: 1,
+            max_connections: None,
+            backup: false,
+        }
     }
 }
 
@@ -53,6 +71,11 @@ pub struct ListenerSettings {
     pub balance: Balance,
     /// In the order of the file (Maglev's table does not depend on it).
     pub backends: Vec<BackendSettings>,
+    /// A backend that comes up (or back) ramps from weight 1 to its weight
+    /// over this long. Zero: at once.
+    pub slow_start: Duration,
+    /// The PROXY protocol header sent to the backend first.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Active health checks.

@@ -57,8 +57,13 @@ fn tcp_config() -> tcp::Config {
 impl Sim {
     /// `extra` goes after the listener (sections).
     fn new(balance: &str, extra: &str) -> Sim {
+        Sim::with_listener(balance, "", extra)
+    }
+
+    /// `keys` go into the listener, `extra` after it.
+    fn with_listener(balance: &str, keys: &str, extra: &str) -> Sim {
         let text = format!(
-            "interface = \"eth0\"\n[[listener]]\nport = 80\nbalance = \"{balance}\"\n\
+            "interface = \"eth0\"\n[[listener]]\nport = 80\nbalance = \"{balance}\"\n{keys}\n\
              backends = [\"{B1}:{BACKEND_PORT}\", \"{B2}:{BACKEND_PORT}\"]\n\
              [health]\ninterval_ms = 3600000\n{extra}"
         );
@@ -569,4 +574,47 @@ fn after_a_reload_new_connections_use_the_new_pool_and_old_ones_finish() {
     }));
     got.extend(sim.read(C, c1));
     assert_eq!(got, b"bye");
+}
+
+#[test]
+fn proxy_protocol_header_precedes_the_client_bytes() {
+    for (version, want_prefix) in [
+        ("v1", b"PROXY TCP4 10.0.0.1 10.0.0.2 ".to_vec()),
+        ("v2", super::proxy_protocol::V2_SIGNATURE.to_vec()),
+    ] {
+        let mut sim = Sim::with_listener(
+            "round-robin",
+            &format!("proxy_protocol = \"{version}\""),
+            "",
+        );
+        sim.listen(B1);
+        sim.listen(B2);
+        let c = sim.connect_client();
+        // Client bytes sent before the upstream is even connected.
+        sim.ep(C).send(c, b"hello").unwrap();
+        let client_port = sim.ep(C).tuple(c).unwrap().local.port();
+        let mut got = Vec::new();
+        assert!(sim.run_until(300, |s| {
+            for ip in [B1, B2] {
+                if let Some(b) = s.accepted(ip) {
+                    got.extend(s.read(ip, b));
+                }
+            }
+            got.ends_with(b"hello")
+        }));
+        assert!(got.starts_with(&want_prefix), "{version}: {got:?}");
+        let header = &got[..got.len() - 5];
+        if version == "v1" {
+            let line = std::str::from_utf8(header).unwrap();
+            assert_eq!(
+                line,
+                format!("PROXY TCP4 10.0.0.1 10.0.0.2 {client_port} 80\r\n")
+            );
+        } else {
+            assert_eq!(header.len(), 28);
+            assert_eq!(&header[16..20], &[10, 0, 0, 1]);
+            assert_eq!(&header[24..26], &client_port.to_be_bytes());
+            assert_eq!(&header[26..28], &80u16.to_be_bytes());
+        }
+    }
 }
