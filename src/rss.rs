@@ -131,7 +131,7 @@ impl RssSteering {
 /// (`ethtool -x` prints `6d:5a:...`).
 pub fn parse_key(s: &str) -> Result<Vec<u8>, String> {
     let hex: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return Err(format!(
             "RSS key {s:?}: expected an even number of hex digits (e.g. 6d:5a:56:...)"
         ));

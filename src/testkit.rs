@@ -24,7 +24,7 @@ pub fn scrape(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
             "no HTTP response from {addr}: {resp:?}"
         )));
     };
-    if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split(' ').nth(1).is_none_or(|c| c != "200") {
         return Err(std::io::Error::other(format!(
             "{addr}/metrics answered {:?}",
             head.lines().next().unwrap_or("")

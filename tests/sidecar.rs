@@ -1290,6 +1290,8 @@ fn sidecar_vip_is_announced_with_bgp_while_ready_and_withdrawn_on_sigterm() {
     );
     lab.stop_sidecar();
     drop(kids);
+}
+
 /// Many concurrent GETs through the sidecar (asyncio, `conc` at a time);
 /// prints the backend names, and the errors on stderr.
 const MANY_PY: &str = r#"

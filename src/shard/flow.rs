@@ -186,9 +186,11 @@ mod tests {
             let dest = SocketAddrV4::new(remote, rport);
             all.clear();
             for shard in 0..3 {
-                let mut cfg = Config::default();
-                cfg.port_range = map.port_slice(shard);
-                cfg.port_filter = map.port_filter(shard);
+                let cfg = Config {
+                    port_range: map.port_slice(shard),
+                    port_filter: map.port_filter(shard),
+                    ..Config::default()
+                };
                 let mut ep = Endpoint::new(cfg, [7; 16]);
                 let mut n = 0;
                 while let Ok(id) = ep.connect(local, dest, Instant::ZERO) {

@@ -500,7 +500,13 @@ mod tests {
         n.poll(at(2));
         assert_eq!(n.hop(B), Hop::Mac(MAC_B));
         let mut out = Vec::new();
-        assert_eq!(n.release(|f| out.push(f.to_vec()) == ()), 1);
+        assert_eq!(
+            n.release(|f| {
+                out.push(f.to_vec());
+                true
+            }),
+            1
+        );
         assert_eq!(&out[0][..6], &MAC_B);
         assert_eq!(n.pending_len(), 0);
     }

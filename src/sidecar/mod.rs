@@ -363,7 +363,7 @@ mod tests {
             "\"10.0.0.1:80\", \"10.0.0.2:80\"",
             Path::new("t.toml"),
         ));
-        assert_eq!(s.shared.readiness().0, true);
+        assert!(s.shared.readiness().0);
         let routes = s.shared.routes.load();
         routes.routes[0].backends[0].set_up(false);
         assert!(s.shared.readiness().0, "one backend still up");

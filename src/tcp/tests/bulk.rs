@@ -79,7 +79,7 @@ struct Bulk {
 }
 
 impl Bulk {
-    fn new(seed: u64, a_to_b: u64, b_to_a: u64) -> Self {
+    fn new(seed: u64, a_to_b: u64, _b_to_a: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         let cfg = Config {
             send_buffer: 256 * 1024,

@@ -17,7 +17,7 @@ use super::pair::Seg;
 use crate::tcp::connection::Connection;
 use crate::tcp::options::Negotiated;
 use crate::tcp::seq::Seq;
-use crate::tcp::{Config, ConnId, Endpoint, Event, FourTuple, Instant, State};
+use crate::tcp::{Config, ConnId, Endpoint, FourTuple, Instant, State};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -197,11 +197,6 @@ impl Fix {
             out.extend_from_slice(&b[..n]);
         }
         out
-    }
-    pub(crate) fn events(&mut self) -> Vec<Event> {
-        std::iter::from_fn(|| self.ep.poll_event())
-            .map(|(_, e)| e)
-            .collect()
     }
     pub(crate) fn state(&self) -> Option<State> {
         self.ep.state(self.id)
