@@ -119,12 +119,6 @@ impl Config {
 
     /// Every backend of every listener, once, in first-seen order.
     pub fn all_backends(&self) -> Vec<SocketAddrV4> {
-        let mut all: Vec<SocketAddrV4> = Vec::new();
-        for b in self.listeners.iter().flat_map(|l| &l.backends) {
-            if !all.contains(&b.addr) {
-                all.push(b.addr);
-            }
-        }
-        all
+        self.proxy_settings().all_backends()
     }
 }
