@@ -253,7 +253,6 @@ where
         });
     }
     let xsk_cfg = XskConfig::default();
-    let mss = mss_for(&iface.name, &xsk_cfg, opts.mss)?;
     let shards_hint = queues as usize;
     let rss = rss_steering(opts, &iface.name, shards_hint)?;
     let shards = queues as usize;
@@ -264,13 +263,17 @@ where
             shards,
         });
     }
+    let reservation = ports::reserve(&opts.active_ports)?;
+
+    // Attaching first: missing privileges and a driver without the asked XDP
+    // mode are the operator's first problem, so they are reported before the
+    // MTU or the state directory (the link detaches if a later check fails).
+    let xdp = Arc::new(XdpProgram::attach(&iface.name, opts.xdp_mode)?);
+    let mss = mss_for(&iface.name, &xsk_cfg, opts.mss)?;
     // Both before anything that sends: a restarted process must key and
     // clock its ISNs and timestamps as its predecessor did.
     crate::shard::clock::init();
     let secret = crate::state::load_or_create_secret(&opts.state_dir)?;
-    let reservation = ports::reserve(&opts.active_ports)?;
-
-    let xdp = Arc::new(XdpProgram::attach(&iface.name, opts.xdp_mode)?);
     let mut sockets = Vec::with_capacity(shards);
     for q in 0..queues {
         let sock = XskSocket::open(&iface.name, q, xsk_cfg)?;
