@@ -20,7 +20,11 @@
 #     and table at start and picks active-open ports whose replies hash to
 #     the opening shard's queue; passive flows stay on their arrival queue;
 #   - ntuple flow steering on where the driver has it (lets operators pin
-#     flows to queues; turnstile works without it).
+#     flows to queues; turnstile works without it);
+#   - with BUSY_POLL=1 in the environment, for turnstile's --busy-poll-us
+#     (busy_poll_us): napi_defer_hard_irqs 2 and gro_flush_timeout 200 us,
+#     so interrupts stay off while the shards' own syscalls poll the queues
+#     (the pairing the kernel's preferred-busy-polling documentation gives).
 # Check (no changes, exit 1 only on blockers):
 #   interface exists and is up, has an IPv4 address, queue count, MTU fits
 #   one AF_XDP frame (<= 1778), RSS key/table readable (else handoff),
@@ -59,6 +63,9 @@ check() {
     info "AF_XDP zero-copy: supported by $driver"
   else
     info "AF_XDP zero-copy: not with $driver (copy mode works, costs one copy per frame)"
+  fi
+  if [ -r "/sys/class/net/$ifc/napi_defer_hard_irqs" ]; then
+    info "busy polling: napi_defer_hard_irqs=$(cat "/sys/class/net/$ifc/napi_defer_hard_irqs") gro_flush_timeout=$(cat "/sys/class/net/$ifc/gro_flush_timeout") (BUSY_POLL=1 nic-setup.sh $ifc sets 2 and 200000 for --busy-poll-us)"
   fi
   if [ "$mtu" -gt 1778 ]; then
     warn "MTU $mtu: an AF_XDP frame (2048 bytes less 256 of headroom and 14 of Ethernet) holds at most MTU 1778; turnstile refuses to start (ip link set dev $ifc mtu 1500)"
@@ -125,6 +132,11 @@ configure() {
     nq=$(ls -d /sys/class/net/"$ifc"/queues/rx-* | wc -l)
     ethtool -X "$ifc" equal "$nq" >/dev/null 2>&1 || warn "could not spread the RSS table over $nq queues (ethtool -X $ifc equal $nq)"
     ethtool -N "$ifc" rx-flow-hash tcp4 sdfn >/dev/null 2>&1 || warn "could not hash tcp4 on ports (ethtool -N $ifc rx-flow-hash tcp4 sdfn)"
+  fi
+  if [ "${BUSY_POLL:-0}" = 1 ]; then
+    echo 2 >"/sys/class/net/$ifc/napi_defer_hard_irqs" 2>/dev/null || warn "could not set napi_defer_hard_irqs on $ifc"
+    echo 200000 >"/sys/class/net/$ifc/gro_flush_timeout" 2>/dev/null || warn "could not set gro_flush_timeout on $ifc"
+    info "busy polling: napi_defer_hard_irqs=2 gro_flush_timeout=200000 on $ifc (run turnstile with --busy-poll-us 50 or busy_poll_us = 50)"
   fi
   local driver
   driver=$(ethtool -i "$ifc" 2>/dev/null | sed -n 's/^driver: //p')

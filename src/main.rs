@@ -17,6 +17,7 @@ use turnstile::app::http::Http;
 use turnstile::app::load::{Load, LoadConfig, LoadReport};
 use turnstile::runtime::{self, StackOptions};
 use turnstile::xdp::XdpMode;
+use turnstile::xsk::{BusyPoll, ZeroCopy};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,6 +79,18 @@ enum Command {
         /// queues); SYNs beyond are dropped, as a full backlog drops them.
         #[arg(long)]
         max_connections: Option<usize>,
+        /// Zero-copy: `auto` (the kernel's choice), `on` (ask for it; copy
+        /// mode with a warning where the driver refuses), `off` (copy mode).
+        #[arg(long, value_enum, default_value = "auto")]
+        zero_copy: ZeroCopy,
+        /// Preferred busy polling: each shard's syscalls run the driver's
+        /// poll loop for up to this many microseconds (0: off). Pair it with
+        /// the device's napi_defer_hard_irqs and gro_flush_timeout.
+        #[arg(long, default_value_t = 0)]
+        busy_poll_us: u32,
+        /// Packets one busy poll may process.
+        #[arg(long, default_value_t = 64)]
+        busy_poll_budget: u32,
         /// Where the ISN/timestamp secret is kept across restarts (0600).
         #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
         state_dir: std::path::PathBuf,
@@ -126,6 +139,18 @@ enum Command {
         /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
         #[arg(long, requires = "rss_key", value_parser = check_table)]
         rss_table: Option<String>,
+        /// Zero-copy: `auto` (the kernel's choice), `on` (ask for it; copy
+        /// mode with a warning where the driver refuses), `off` (copy mode).
+        #[arg(long, value_enum, default_value = "auto")]
+        zero_copy: ZeroCopy,
+        /// Preferred busy polling: each shard's syscalls run the driver's
+        /// poll loop for up to this many microseconds (0: off). Pair it with
+        /// the device's napi_defer_hard_irqs and gro_flush_timeout.
+        #[arg(long, default_value_t = 0)]
+        busy_poll_us: u32,
+        /// Packets one busy poll may process.
+        #[arg(long, default_value_t = 64)]
+        busy_poll_budget: u32,
         /// Where the ISN/timestamp secret is kept across restarts (0600).
         #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
         state_dir: std::path::PathBuf,
@@ -144,6 +169,14 @@ enum Command {
     },
     /// Build a namespace/veth topology, show a churn run, clean up.
     Demo,
+}
+
+/// Busy polling as the flags ask: off at 0 microseconds.
+fn busy_poll(usecs: u32, budget: u32) -> Option<BusyPoll> {
+    (usecs > 0).then_some(BusyPoll {
+        usecs,
+        budget: budget.max(1),
+    })
 }
 
 fn main() -> ExitCode {
@@ -195,9 +228,14 @@ fn main() -> ExitCode {
             rss_key,
             rss_table,
             max_connections,
+            zero_copy,
+            busy_poll_us,
+            busy_poll_budget,
             state_dir,
         } => {
             let mut opts = StackOptions::new(&iface, port);
+            opts.zero_copy = zero_copy;
+            opts.busy_poll = busy_poll(busy_poll_us, busy_poll_budget);
             opts.mss = mss;
             opts.rss = rss_option(rss_key, rss_table);
             opts.max_connections = max_connections;
@@ -224,11 +262,16 @@ fn main() -> ExitCode {
             timeout_s,
             rss_key,
             rss_table,
+            zero_copy,
+            busy_poll_us,
+            busy_poll_budget,
             state_dir,
         } => {
             // The load generator listens on nothing: only its active-open
             // range is steered.
             let mut opts = StackOptions::new(&iface, Vec::new());
+            opts.zero_copy = zero_copy;
+            opts.busy_poll = busy_poll(busy_poll_us, busy_poll_budget);
             opts.listen = false;
             opts.rss = rss_option(rss_key, rss_table);
             opts.active_ports = local_ports;

@@ -26,6 +26,11 @@ pub struct ShardMetrics {
     pub rx_no_frame: AtomicU64,
     /// A reply found no free UMEM frame.
     pub tx_no_frame: AtomicU64,
+    /// Bytes of frames received and sent through the AF_XDP socket.
+    pub rx_bytes: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// 1 when this shard's socket is bound in zero-copy mode, 0 in copy mode.
+    pub xsk_zerocopy: AtomicU64,
     /// Segments for an address that is not ours.
     pub rx_not_local: AtomicU64,
     /// Segments the engine dropped (unacceptable, old duplicates, ...).
@@ -336,6 +341,33 @@ impl Registry {
             &[
                 ("reason=\"no_frame\"", s(|m| &m.tx_no_frame)),
                 ("reason=\"no_neighbor\"", s(|m| &m.tx_no_neighbor)),
+            ],
+        );
+        let queues = self.shards.len() as u64;
+        let zc = s(|m| &m.xsk_zerocopy);
+        metric(
+            "turnstile_xsk_mode",
+            "gauge",
+            "AF_XDP sockets (one per queue) by bind mode.",
+            &[
+                ("mode=\"zerocopy\"", zc),
+                ("mode=\"copy\"", queues.saturating_sub(zc)),
+            ],
+        );
+        let copied = |pick: fn(&ShardMetrics) -> &AtomicU64| -> u64 {
+            self.shards
+                .iter()
+                .filter(|m| m.xsk_zerocopy.load(Ordering::Relaxed) == 0)
+                .map(|m| pick(m).load(Ordering::Relaxed))
+                .sum()
+        };
+        metric(
+            "turnstile_xsk_copied_bytes_total",
+            "counter",
+            "Frame bytes the kernel copied between its buffers and the UMEM (copy-mode sockets; zero-copy ones copy none).",
+            &[
+                ("direction=\"rx\"", copied(|m| &m.rx_bytes)),
+                ("direction=\"tx\"", copied(|m| &m.tx_bytes)),
             ],
         );
         metric(

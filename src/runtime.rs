@@ -57,6 +57,9 @@ pub struct StackOptions {
     pub max_connections: Option<usize>,
     /// Per listening port: its passive connections at most (split too).
     pub listener_limits: Vec<(u16, usize)>,
+    /// Zero-copy request and busy polling of the AF_XDP sockets.
+    pub zero_copy: crate::xsk::ZeroCopy,
+    pub busy_poll: Option<crate::xsk::BusyPoll>,
 }
 
 impl StackOptions {
@@ -77,6 +80,8 @@ impl StackOptions {
             state_dir: crate::state::DEFAULT_STATE_DIR.into(),
             max_connections: None,
             listener_limits: Vec::new(),
+            zero_copy: crate::xsk::ZeroCopy::Auto,
+            busy_poll: None,
         }
     }
 }
@@ -252,7 +257,11 @@ where
             iface: iface.name.clone(),
         });
     }
-    let xsk_cfg = XskConfig::default();
+    let xsk_cfg = XskConfig {
+        zero_copy: opts.zero_copy,
+        busy_poll: opts.busy_poll,
+        ..XskConfig::default()
+    };
     let shards_hint = queues as usize;
     let rss = rss_steering(opts, &iface.name, shards_hint)?;
     let shards = queues as usize;

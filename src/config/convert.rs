@@ -15,6 +15,8 @@ impl Config {
         opts.xdp_mode = self.xdp_mode;
         opts.metrics = self.metrics;
         opts.mss = self.mss;
+        opts.zero_copy = self.zero_copy;
+        opts.busy_poll = self.busy_poll;
         opts.tcp.msl = self.upstream.msl;
         opts.tcp.reuse = self.upstream.reuse;
         opts.tcp.reuse_delay = self.upstream.reuse_delay;

@@ -43,6 +43,10 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Clamp on the MSS (otherwise the interface MTU - 40).
     pub mss: Option<u16>,
+    /// `zero_copy` and `busy_poll_us`/`busy_poll_budget`: how the AF_XDP
+    /// sockets are bound (a restart applies a change).
+    pub zero_copy: crate::xsk::ZeroCopy,
+    pub busy_poll: Option<crate::xsk::BusyPoll>,
     pub listeners: Vec<Listener>,
     pub upstream: Upstream,
     pub health: Health,

@@ -70,6 +70,36 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         Some(m) => Some(*m.get_ref()),
         None => None,
     };
+    let zero_copy = match raw.zero_copy.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "auto")) => crate::xsk::ZeroCopy::Auto,
+        Some((_, "on")) => crate::xsk::ZeroCopy::On,
+        Some((_, "off")) => crate::xsk::ZeroCopy::Off,
+        Some((m, other)) => {
+            return Err(src.at(
+                m,
+                format!("zero_copy = {other:?}: expected \"auto\", \"on\" or \"off\""),
+            ));
+        }
+    };
+    if let (None, Some(b)) = (&raw.busy_poll_us, &raw.busy_poll_budget) {
+        return Err(src.at(
+            b,
+            "busy_poll_budget without busy_poll_us: set busy_poll_us to turn busy polling on",
+        ));
+    }
+    let busy_poll = match &raw.busy_poll_us {
+        Some(u) if *u.get_ref() > 0 => Some(crate::xsk::BusyPoll {
+            usecs: *u.get_ref(),
+            budget: match &raw.busy_poll_budget {
+                Some(b) if *b.get_ref() == 0 => {
+                    return Err(src.at(b, "busy_poll_budget = 0: need at least 1 (default 64)"));
+                }
+                Some(b) => *b.get_ref(),
+                None => 64,
+            },
+        }),
+        _ => None,
+    };
     let upstream = match &raw.upstream {
         None => Upstream::default(),
         Some(u) => upstream(&src, u.get_ref())?,
@@ -102,6 +132,8 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         xdp_mode,
         metrics,
         mss,
+        zero_copy,
+        busy_poll,
         listeners,
         upstream,
         health,

@@ -8,7 +8,8 @@ impl Config {
     /// Reloadable (SIGHUP): each listener's backends and balance, `[health]`,
     /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
     /// checks). Not reloadable (the datapath is built around them, restart
-    /// to change): `interface`, `queues`, `xdp_mode`, `metrics`, the set of
+    /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,
+    /// `busy_poll_budget`, `metrics`, the set of
     /// listener ports and everything in `[upstream]`.
     pub fn reload_check(&self, new: &Config) -> Result<(), String> {
         let restart = "restart turnstile to change it; SIGHUP reloads backends, balance, [health] and [timeouts] only";
@@ -26,6 +27,9 @@ impl Config {
         }
         if new.xdp_mode != self.xdp_mode {
             return Err(format!("xdp_mode changed: {restart}"));
+        }
+        if new.zero_copy != self.zero_copy || new.busy_poll != self.busy_poll {
+            return Err(format!("zero_copy or busy polling changed: {restart}"));
         }
         if new.metrics != self.metrics {
             return Err(format!("metrics address changed: {restart}"));

@@ -15,6 +15,9 @@ pub struct RawConfig {
     pub xdp_mode: Option<Spanned<String>>,
     pub metrics: Option<Spanned<String>>,
     pub mss: Option<Spanned<u16>>,
+    pub zero_copy: Option<Spanned<String>>,
+    pub busy_poll_us: Option<Spanned<u32>>,
+    pub busy_poll_budget: Option<Spanned<u32>>,
     #[serde(default)]
     pub listener: Vec<Spanned<RawListener>>,
     pub upstream: Option<Spanned<RawUpstream>>,

@@ -308,6 +308,9 @@ impl<A: App> Shard<A> {
         let m = &self.metrics;
         let s = self.xsk.stats();
         ShardMetrics::set(&m.tx_packets, s.tx_frames);
+        ShardMetrics::set(&m.rx_bytes, s.rx_bytes);
+        ShardMetrics::set(&m.tx_bytes, s.tx_bytes);
+        ShardMetrics::set(&m.xsk_zerocopy, u64::from(self.xsk.zerocopy()));
         if let Ok(x) = self.xsk.xdp_statistics() {
             ShardMetrics::set(&m.rx_ring_full, x.rx_ring_full());
             ShardMetrics::set(&m.rx_no_frame, x.rx_fill_ring_empty_descs());

@@ -25,6 +25,34 @@ pub struct XskConfig {
     pub ring_size: u32,
     /// Frames handled per batch.
     pub batch: usize,
+    /// What to ask the driver for (`--zero-copy`).
+    pub zero_copy: ZeroCopy,
+    /// Preferred busy polling (`--busy-poll-us`), off when None.
+    pub busy_poll: Option<BusyPoll>,
+}
+
+/// Whether the socket asks the driver for zero-copy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ZeroCopy {
+    /// Bind without a mode flag: the kernel uses zero-copy where the driver
+    /// has it and copy mode otherwise, silently (the start line says which).
+    #[default]
+    Auto,
+    /// Ask for zero-copy; a driver that refuses it gets copy mode, with a
+    /// warning naming the queue and the kernel's answer.
+    On,
+    /// Copy mode even where the driver could do zero-copy.
+    Off,
+}
+
+/// Preferred busy polling (kernel 5.11+): the shard's own syscalls run the
+/// driver's NAPI loop instead of interrupts and softirqs doing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// SO_BUSY_POLL: how long one syscall may spin for packets, microseconds.
+    pub usecs: u32,
+    /// SO_BUSY_POLL_BUDGET: packets one NAPI poll may process.
+    pub budget: u32,
 }
 
 impl Default for XskConfig {
@@ -34,6 +62,8 @@ impl Default for XskConfig {
             frame_size: 2048,
             ring_size: 4096,
             batch: 64,
+            zero_copy: ZeroCopy::Auto,
+            busy_poll: None,
         }
     }
 }
@@ -61,6 +91,10 @@ pub enum XskError {
 pub struct XskStats {
     pub rx_frames: u64,
     pub tx_frames: u64,
+    /// Bytes of received and sent frames: in copy mode, each was copied by
+    /// the kernel between its skb and the UMEM.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
     /// A frame to send found no free UMEM frame and was dropped.
     pub tx_no_frame: u64,
 }
@@ -93,6 +127,10 @@ pub struct XskSocket {
     /// Received frames whose return to the fill ring had no room.
     fill_backlog: Vec<FrameDesc>,
     batch: usize,
+    /// Busy polling: every empty receive pass and every flush makes the
+    /// syscall that runs the driver's poll loop (as the kernel's xdpsock
+    /// sample does), not only when the kernel asks for a wakeup.
+    busy_poll: bool,
     stats: XskStats,
 }
 
@@ -106,60 +144,44 @@ impl XskSocket {
     /// fill ring. The socket is bound with need_wakeup; zero-copy is used when
     /// the driver supports it, copy mode otherwise.
     pub fn open(iface: &str, queue: u32, cfg: XskConfig) -> Result<Self, XskError> {
-        let bad = |e: &dyn std::fmt::Display| XskError::Config(e.to_string());
-        let ring = QueueSize::new(cfg.ring_size).map_err(|e| bad(&e))?;
-        let umem_cfg = UmemConfig::builder()
-            .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| bad(&e))?)
-            .fill_queue_size(ring)
-            .comp_queue_size(ring)
-            .build()
-            .map_err(|e| bad(&e))?;
-        let count = NonZeroU32::new(cfg.frame_count).ok_or_else(|| bad(&"frame_count is 0"))?;
-        let (umem, mut frames) = Umem::new(umem_cfg, count, false).map_err(|e| XskError::Umem {
-            queue,
-            err: format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ),
-        })?;
-        let sock_cfg = SocketConfig::builder()
-            .rx_queue_size(ring)
-            .tx_queue_size(ring)
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
-            .build();
-        let if_name: Interface = iface.parse().map_err(|_| bad(&"interface name"))?;
+        let mode = match cfg.zero_copy {
+            ZeroCopy::Auto => BindFlags::XDP_USE_NEED_WAKEUP,
+            ZeroCopy::On => BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_ZEROCOPY,
+            ZeroCopy::Off => BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_COPY,
+        };
+        let bound = match bind(iface, queue, &cfg, mode) {
+            Err(BindError::Socket(e)) if cfg.zero_copy == ZeroCopy::On => {
+                // A refused zero-copy bind leaves the UMEM's rings set up on
+                // its fd, so the copy-mode retry starts from a fresh UMEM.
+                tracing::warn!(
+                    "zero-copy requested on {iface} queue {queue} but the driver refused it ({e}): \
+                     falling back to copy mode (every frame is copied by the kernel)"
+                );
+                bind(
+                    iface,
+                    queue,
+                    &cfg,
+                    BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_COPY,
+                )
+            }
+            other => other,
+        };
+        let (umem, mut frames, (tx, rx, rings)) = bound.map_err(|e| e.into_xsk(iface, queue))?;
         let sock_err = |e: &dyn std::fmt::Display| XskError::Socket {
             iface: iface.to_string(),
             queue,
             err: e.to_string(),
         };
-        // A process that just died (SIGKILL) leaves its socket on the queue
-        // until the kernel's deferred release runs: EBUSY for a moment. A
-        // restart right after a crash should work, so wait that out, bounded.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let (tx, rx, rings) = loop {
-            // SAFETY: a fresh UMEM, bound once, with libxdp's own program load inhibited.
-            match unsafe { Socket::new(sock_cfg, &umem, &if_name, queue) } {
-                Ok(ok) => break ok,
-                Err(e) => {
-                    let source = std::error::Error::source(&e);
-                    let os = source
-                        .and_then(|s| s.downcast_ref::<std::io::Error>())
-                        .and_then(std::io::Error::raw_os_error);
-                    if os == Some(libc::EBUSY) && std::time::Instant::now() < deadline {
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                        continue;
-                    }
-                    let detail = source.map(|s| s.to_string()).unwrap_or_default();
-                    return Err(sock_err(&format!("{e} {detail}")));
-                }
-            }
-        };
         let (mut fill, comp) = rings.ok_or_else(|| sock_err(&"no fill/completion ring"))?;
         let fd = rx.fd().as_raw_fd();
+        if let Some(bp) = cfg.busy_poll {
+            set_busy_poll(fd, bp).map_err(|e| {
+                sock_err(&format!(
+                    "setting busy polling ({} us, budget {}): {e}",
+                    bp.usecs, bp.budget
+                ))
+            })?;
+        }
 
         let free = frames.split_off(frames.len() / 2);
         // SAFETY: these frames belong to this UMEM and are in no other ring.
@@ -185,6 +207,7 @@ impl XskSocket {
             fill_backlog: Vec::with_capacity(scratch.len()),
             scratch,
             batch: cfg.batch.max(1),
+            busy_poll: cfg.busy_poll.is_some(),
             stats: XskStats::default(),
         })
     }
@@ -216,7 +239,22 @@ impl XskSocket {
             // SAFETY: the kernel handed this frame to us; nobody else touches it
             // until it goes back to the fill ring below.
             let data = unsafe { self.umem.data(desc) };
+            self.stats.rx_bytes += data.contents().len() as u64;
             on_frame(data.contents());
+        }
+        if got == 0 && self.busy_poll {
+            // SAFETY: a non-blocking recvfrom with no buffer on our own
+            // socket: it only runs the busy-poll loop.
+            unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
         }
         if got > 0 {
             self.stats.rx_frames += got as u64;
@@ -263,6 +301,7 @@ impl XskSocket {
         match write(data.contents_mut()) {
             Some(len) if len > 0 && len <= cap => {
                 data.cursor().set_pos(len);
+                self.stats.tx_bytes += len as u64;
                 self.tx_pending.push(desc);
                 if self.tx_pending.len() >= self.batch {
                     self.flush();
@@ -289,7 +328,7 @@ impl XskSocket {
             self.stats.tx_frames += sent as u64;
             self.tx_pending.drain(..sent);
         }
-        if self.tx.needs_wakeup() {
+        if self.busy_poll || self.tx.needs_wakeup() {
             let _ = self.tx.wakeup();
         }
     }
@@ -311,6 +350,111 @@ impl XskSocket {
     pub fn wait(&mut self, timeout_ms: i32) {
         let _ = self.rx.poll(timeout_ms);
     }
+}
+
+type Bound = (
+    Umem,
+    Vec<FrameDesc>,
+    (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>),
+);
+
+enum BindError {
+    Config(String),
+    Umem(String),
+    Socket(String),
+}
+
+impl BindError {
+    fn into_xsk(self, iface: &str, queue: u32) -> XskError {
+        match self {
+            BindError::Config(e) => XskError::Config(e),
+            BindError::Umem(err) => XskError::Umem { queue, err },
+            BindError::Socket(err) => XskError::Socket {
+                iface: iface.to_string(),
+                queue,
+                err,
+            },
+        }
+    }
+}
+
+/// A fresh UMEM and a socket bound to `queue` with `flags`.
+fn bind(iface: &str, queue: u32, cfg: &XskConfig, flags: BindFlags) -> Result<Bound, BindError> {
+    let bad = |e: &dyn std::fmt::Display| BindError::Config(e.to_string());
+    let ring = QueueSize::new(cfg.ring_size).map_err(|e| bad(&e))?;
+    let umem_cfg = UmemConfig::builder()
+        .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| bad(&e))?)
+        .fill_queue_size(ring)
+        .comp_queue_size(ring)
+        .build()
+        .map_err(|e| bad(&e))?;
+    let count = NonZeroU32::new(cfg.frame_count).ok_or_else(|| bad(&"frame_count is 0"))?;
+    let (umem, frames) = Umem::new(umem_cfg, count, false).map_err(|e| {
+        BindError::Umem(format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let sock_cfg = SocketConfig::builder()
+        .rx_queue_size(ring)
+        .tx_queue_size(ring)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(flags)
+        .build();
+    let if_name: Interface = iface.parse().map_err(|_| bad(&"interface name"))?;
+    // A process that just died (SIGKILL) leaves its socket on the queue
+    // until the kernel's deferred release runs: EBUSY for a moment. A
+    // restart right after a crash should work, so wait that out, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // SAFETY: a fresh UMEM, bound once, with libxdp's own program load inhibited.
+        match unsafe { Socket::new(sock_cfg, &umem, &if_name, queue) } {
+            Ok(sock) => return Ok((umem, frames, sock)),
+            Err(e) => {
+                let source = std::error::Error::source(&e);
+                let os = source
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .and_then(std::io::Error::raw_os_error);
+                if os == Some(libc::EBUSY) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
+                let detail = source.map(|s| s.to_string()).unwrap_or_default();
+                return Err(BindError::Socket(format!("{e} {detail}")));
+            }
+        }
+    }
+}
+
+/// SO_PREFER_BUSY_POLL, SO_BUSY_POLL and SO_BUSY_POLL_BUDGET on `fd`.
+fn set_busy_poll(fd: RawFd, bp: BusyPoll) -> std::io::Result<()> {
+    // Values from include/uapi/asm-generic/socket.h (libc lacks the last two).
+    const SO_BUSY_POLL: libc::c_int = 46;
+    const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+    const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+    for (opt, value) in [
+        (SO_PREFER_BUSY_POLL, 1u32),
+        (SO_BUSY_POLL, bp.usecs),
+        (SO_BUSY_POLL_BUDGET, bp.budget),
+    ] {
+        let v = value as libc::c_int;
+        // SAFETY: an int option of the right size on our own socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Asks the kernel whether the bind ended in zero-copy mode.
