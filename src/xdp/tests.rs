@@ -106,7 +106,12 @@ fn run(p: &Prog, frame: &[u8]) -> (u32, Vec<u8>) {
     opts.repeat = 1;
     // SAFETY: the buffers live across the call and their sizes are given.
     let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(p.prog.as_raw_fd(), &mut opts) };
-    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
     out.truncate(opts.data_size_out as usize);
     (opts.retval, out)
 }
@@ -207,7 +212,9 @@ fn a_syn_answered_in_xdp_carries_the_engines_cookie_and_the_engine_completes_it(
     let keys = Keys::new(SECRET);
     let isns: Vec<u32> = [before, after]
         .iter()
-        .map(|&now| syn_cookies::encode_isn(&keys, tuple(sport), crate::tcp::seq::Seq(seq), 1460, now).0)
+        .map(|&now| {
+            syn_cookies::encode_isn(&keys, tuple(sport), crate::tcp::seq::Seq(seq), 1460, now).0
+        })
         .collect();
     assert!(isns.contains(&t.seq), "ISN {:#x}, engine {isns:x?}", t.seq);
     let offset = keys.ts_offset(tuple(sport));
@@ -284,7 +291,11 @@ fn without_a_flood_or_with_a_bad_checksum_the_syn_goes_to_the_engine() {
         buf.truncate(len);
         buf
     };
-    assert_eq!(run(&p, &other).0, XDP_PASS, "active-open ports are not listeners");
+    assert_eq!(
+        run(&p, &other).0,
+        XDP_PASS,
+        "active-open ports are not listeners"
+    );
     // And the flood mode ends: with the hold passed, the SYN is the engine's.
     p.state.disable();
     assert_eq!(run(&p, &syn).0, XDP_PASS);

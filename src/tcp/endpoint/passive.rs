@@ -185,7 +185,16 @@ impl Endpoint {
             None
         };
         let clock = ts_clock(now, self.keys.ts_offset(tuple));
-        syn_cookies::decode(&self.keys, tuple, Seq(seg.seq), Seq(seg.ack), ts, clock, now).is_some()
+        syn_cookies::decode(
+            &self.keys,
+            tuple,
+            Seq(seg.seq),
+            Seq(seg.ack),
+            ts,
+            clock,
+            now,
+        )
+        .is_some()
     }
 
     /// A bare ACK to a listener: if it carries a valid cookie, the connection

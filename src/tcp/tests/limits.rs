@@ -155,7 +155,8 @@ fn xdp_cookie_ack(p: &Pair, peer_isn: u32, tsval: u32) -> TcpRepr {
     let keys = Keys::new([0xbb; 16]);
     let t = p.b_tuple();
     let cookie = syn_cookies::encode_isn(&keys, t, Seq(peer_isn), 1460, p.now);
-    let synack_tsval = syn_cookies::encode_tsval(ts_clock(p.now, keys.ts_offset(t)), Some(7), false);
+    let synack_tsval =
+        syn_cookies::encode_tsval(ts_clock(p.now, keys.ts_offset(t)), Some(7), false);
     TcpRepr {
         src_port: A_PORT,
         dst_port: B_PORT,
