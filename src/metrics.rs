@@ -431,6 +431,13 @@ impl Registry {
                 "1 while SYNs to listeners are answered in XDP (a SYN queue overflowed lately).",
                 &[("", u64::from(c.flooding))],
             );
+            metric(
+                "turnstile_syn_cookies_xdp_failed",
+                "gauge",
+                "1 once most SYN+ACKs sent with XDP_TX were seen failing (on veth: no XDP \
+                 program on the peer): the XDP cookie path is off, the shards answer SYNs.",
+                &[("", u64::from(c.xdp_tx_failed))],
+            );
         }
         for render in self.extra.read().expect("metrics renderers lock").iter() {
             render(&mut out);

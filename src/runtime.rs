@@ -334,6 +334,15 @@ where
     };
     let exchange = Exchange::new(shards);
     let control = Arc::new(AtomicU8::new(RUNNING));
+    if let Some(c) = &cookies {
+        // Detached: it ends once the shards are told to stop.
+        let _ = crate::xdp::tx_check::spawn(
+            &iface.name,
+            c.clone(),
+            control.clone(),
+            xdp.tx_failed_flag(),
+        );
+    }
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let drained = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cores = core_affinity::get_core_ids().unwrap_or_default();

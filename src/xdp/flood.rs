@@ -149,6 +149,11 @@ impl CookieState {
             .store(u64::from_ne_bytes(b), Ordering::Release);
     }
 
+    /// Whether the program answers SYNs (configured and not disabled).
+    pub fn enabled(&self) -> bool {
+        self.word(72).load(Ordering::Relaxed).to_ne_bytes()[ENABLED - 72] != 0
+    }
+
     /// A SYN queue overflowed at `mono_ns` (CLOCK_MONOTONIC): answer SYNs
     /// in XDP from now on, for at least `hold`.
     pub fn flood_started(&self, mono_ns: u64) {

@@ -5,6 +5,7 @@ mod flood;
 mod skel;
 #[cfg(test)]
 mod tests;
+pub mod tx_check;
 
 pub use flood::{CookieConfig, CookieState};
 
@@ -90,6 +91,8 @@ pub struct XdpCounters {
     pub syn_cookies: u64,
     /// The flood mode is on: SYNs to listeners are answered in XDP.
     pub flooding: bool,
+    /// XDP_TX was seen failing and the XDP path is off (see `tx_check`).
+    pub xdp_tx_failed: bool,
 }
 
 /// The attached program. Dropping it closes the bpf_link, which detaches the
@@ -103,6 +106,7 @@ pub struct XdpProgram {
     steer: MapHandle,
     counters: MapHandle,
     cookie: Arc<CookieState>,
+    tx_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The program loaded but not attached, with the handles of its maps.
@@ -220,7 +224,13 @@ impl XdpProgram {
             steer: loaded.steer,
             counters: loaded.counters,
             cookie: Arc::new(CookieState::map(loaded.cookie)?),
+            tx_failed: Arc::default(),
         })
+    }
+
+    /// Set once XDP_TX was seen failing (the XDP cookie path is then off).
+    pub fn tx_failed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.tx_failed.clone()
     }
 
     /// The program's SYN-cookie state, for the shards (flood mode).
@@ -302,7 +312,9 @@ impl XdpProgram {
             malformed: read(2),
             no_socket: read(3),
             syn_cookies: read(4),
-            flooding: self.cookie.flooding(crate::shard::clock::monotonic_ns()),
+            flooding: self.cookie.enabled()
+                && self.cookie.flooding(crate::shard::clock::monotonic_ns()),
+            xdp_tx_failed: self.tx_failed.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
