@@ -106,7 +106,7 @@ impl CookieState {
     }
 
     fn word(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= SIZE);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= SIZE);
         // SAFETY: inside the mapping, 8-byte aligned (the mapping is page
         // aligned), and only ever accessed atomically after configuration.
         unsafe { &*self.base.add(off).cast::<AtomicU64>() }
