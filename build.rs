@@ -22,4 +22,5 @@ fn main() {
             panic!("building {SRC} failed: {e:#}\nneeds clang, libbpf-dev and linux-libc-dev (see README)")
         });
     println!("cargo:rerun-if-changed={SRC}");
+    println!("cargo:rerun-if-changed=bpf/syncookie.h");
 }

@@ -14,6 +14,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "syncookie.h"
+
 #define MAX_QUEUES 64
 
 enum counter {
@@ -21,7 +23,8 @@ enum counter {
 	CNT_PASSED = 1,
 	CNT_MALFORMED = 2,
 	CNT_NO_SOCKET = 3,
-	CNT_MAX = 4,
+	CNT_SYN_COOKIE = 4, /* SYNs answered here with a cookie SYN+ACK (XDP_TX) */
+	CNT_MAX = 5,
 };
 
 struct steer_config {
@@ -51,7 +54,8 @@ struct {
 	__type(value, __u8);
 } vips SEC(".maps");
 
-/* Indexed by destination port (host order): non-zero = chosen. An array,
+/* Indexed by destination port (host order): non-zero = chosen, LISTENER =
+ * chosen and listened on (its SYNs may be answered here). An array,
  * not a hash, because one lookup per packet must be as cheap as possible. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -73,6 +77,8 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+#define LISTENER 2
 
 static __always_inline void count(__u32 which)
 {
@@ -129,12 +135,34 @@ int turnstile_steer(struct xdp_md *ctx)
 	__u32 dport = bpf_ntohs(ports[1]);
 	struct vip_key vk = { .addr = ip->daddr, .port = dport };
 	__u8 *vip = bpf_map_lookup_elem(&vips, &vk);
+	int listener = 1; /* a virtual IP is always a listener's */
 	if (!vip || !*vip) {
 		if (cfg->local_ip && ip->daddr != cfg->local_ip)
 			return pass();
 		__u8 *chosen = bpf_map_lookup_elem(&chosen_ports, &dport);
 		if (!chosen || !*chosen)
 			return pass();
+		listener = *chosen == LISTENER;
+	}
+
+	/* RFC 4987 3.6: while the SYN queue overflows (the shards say so, and a
+	 * busy second keeps it so), answer SYNs to listeners here, statelessly,
+	 * so the flood never reaches the AF_XDP ring; the completing ACK goes to
+	 * the engine, which validates the cookie as one of its own. */
+	struct tcphdr *tcp = (void *)ip + ihl;
+	if (listener && (void *)(tcp + 1) <= data_end &&
+	    (((__u8 *)tcp)[13] & 0x17) == 0x02 /* SYN alone of SYN, ACK, RST, FIN */) {
+		struct cookie_state *st = bpf_map_lookup_elem(&cookie, &zero);
+		if (st && st->enabled) {
+			__u64 now = bpf_ktime_get_ns();
+			if (now < st->flood_until_ns) {
+				int r = answer_syn(ctx, st, now);
+				if (r >= 0) {
+					count(CNT_SYN_COOKIE);
+					return r;
+				}
+			}
+		}
 	}
 
 	int action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);

@@ -94,6 +94,11 @@ enum Command {
         /// Where the ISN/timestamp secret is kept across restarts (0600).
         #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
         state_dir: std::path::PathBuf,
+        /// During a SYN flood, answer SYNs in the XDP program (XDP_TX) with
+        /// the engine's cookies: `on` (default) or `off` (the shards answer
+        /// them). On veth, XDP_TX needs GRO or an XDP program on the peer.
+        #[arg(long, value_enum, default_value = "on")]
+        xdp_syn_cookies: OnOff,
     },
     /// Open short HTTP connections to a server through turnstile's own active
     /// opens (a load generator; prints one JSON summary line).
@@ -179,6 +184,13 @@ fn busy_poll(usecs: u32, budget: u32) -> Option<BusyPoll> {
     })
 }
 
+/// A switch given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -232,10 +244,12 @@ fn main() -> ExitCode {
             busy_poll_us,
             busy_poll_budget,
             state_dir,
+            xdp_syn_cookies,
         } => {
             let mut opts = StackOptions::new(&iface, port);
             opts.zero_copy = zero_copy;
             opts.busy_poll = busy_poll(busy_poll_us, busy_poll_budget);
+            opts.xdp_syn_cookies = xdp_syn_cookies == OnOff::On;
             opts.mss = mss;
             opts.rss = rss_option(rss_key, rss_table);
             opts.max_connections = max_connections;

@@ -444,7 +444,31 @@ impl Registry {
                     ("action=\"passed\"", c.passed),
                     ("action=\"malformed\"", c.malformed),
                     ("action=\"no_socket\"", c.no_socket),
+                    ("action=\"syn_cookie\"", c.syn_cookies),
                 ],
+            );
+            metric(
+                "turnstile_syn_cookies_sent_total",
+                "counter",
+                "Cookie SYN+ACKs sent, by where: xdp (the XDP program, during a flood, \
+                 XDP_TX) or engine (a shard, its SYN queue full).",
+                &[
+                    ("path=\"xdp\"", c.syn_cookies),
+                    ("path=\"engine\"", self.sum(|m| &m.syn_cookies_sent)),
+                ],
+            );
+            metric(
+                "turnstile_syn_flood_active",
+                "gauge",
+                "1 while SYNs to listeners are answered in XDP (a SYN queue overflowed lately).",
+                &[("", u64::from(c.flooding))],
+            );
+            metric(
+                "turnstile_syn_cookies_xdp_failed",
+                "gauge",
+                "1 once most SYN+ACKs sent with XDP_TX were seen failing (on veth: no XDP \
+                 program on the peer): the XDP cookie path is off, the shards answer SYNs.",
+                &[("", u64::from(c.xdp_tx_failed))],
             );
         }
         for render in self.extra.read().expect("metrics renderers lock").iter() {

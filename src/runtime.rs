@@ -18,8 +18,11 @@ use crate::shard::handoff::Exchange;
 use crate::shard::neighbors::Neighbors;
 use crate::shard::{DRAINING, RUNNING, STOPPED, Shard};
 use crate::tcp::{self, Endpoint};
-use crate::xdp::{XdpError, XdpMode, XdpProgram};
+use crate::xdp::{CookieConfig, XdpError, XdpMode, XdpProgram};
 use crate::xsk::{XskConfig, XskError, XskSocket};
+
+/// How long the XDP flood mode lasts past the last second that needed it.
+const FLOOD_HOLD: Duration = Duration::from_secs(2);
 
 /// Default local ports for active opens: outside Linux's default
 /// ip_local_port_range (32768-60999), so the kernel never picks them.
@@ -60,6 +63,9 @@ pub struct StackOptions {
     /// Zero-copy request and busy polling of the AF_XDP sockets.
     pub zero_copy: crate::xsk::ZeroCopy,
     pub busy_poll: Option<crate::xsk::BusyPoll>,
+    /// During a SYN flood, answer SYNs in XDP with the engine's cookies
+    /// (needs XDP_TX: on veth, the peer needs GRO or an XDP program).
+    pub xdp_syn_cookies: bool,
 }
 
 impl StackOptions {
@@ -82,6 +88,7 @@ impl StackOptions {
             listener_limits: Vec::new(),
             zero_copy: crate::xsk::ZeroCopy::Auto,
             busy_poll: None,
+            xdp_syn_cookies: true,
         }
     }
 }
@@ -296,7 +303,7 @@ where
         .copied()
         .filter(|p| !opts.addresses.iter().any(|&(_, ap)| ap == *p))
         .collect();
-    xdp.choose_ports(&by_port)?;
+    xdp.choose_ports(&by_port, opts.listen)?;
     for &(addr, port) in &opts.addresses {
         xdp.choose_address(addr, port)?;
     }
@@ -304,7 +311,25 @@ where
     vips.sort_unstable();
     vips.dedup();
     let active: Vec<u16> = opts.active_ports.clone().collect();
-    xdp.choose_ports(&active)?;
+    xdp.choose_ports(&active, false)?;
+    let cookies = (opts.xdp_syn_cookies && opts.tcp.syn_cookies && opts.listen).then(|| {
+        let c = xdp.cookie_state();
+        c.configure(&CookieConfig {
+            secret,
+            epoch_us: crate::shard::clock::epoch_us(),
+            mss,
+            window: opts.tcp.recv_buffer.min(0xffff) as u16,
+            wscale: opts.tcp.effective_window_scale(),
+            timestamps: opts.tcp.timestamps,
+            sack: opts.tcp.sack_permitted,
+            // More SYNs answered per second than every SYN queue together
+            // holds: had they reached the engine, its queues would overflow.
+            sustain_per_s: (opts.tcp.syn_backlog.saturating_mul(shards)).min(u32::MAX as usize)
+                as u32,
+            hold: FLOOD_HOLD,
+        });
+        c
+    });
 
     // Steer once every queue has a socket: frames wait in the rx rings until
     // the shards start, and an app's first SYN (load's on_start) is never
@@ -318,6 +343,15 @@ where
     };
     let exchange = Exchange::new(shards);
     let control = Arc::new(AtomicU8::new(RUNNING));
+    if let Some(c) = &cookies {
+        // Detached: it ends once the shards are told to stop.
+        let _ = crate::xdp::tx_check::spawn(
+            &iface.name,
+            c.clone(),
+            control.clone(),
+            xdp.tx_failed_flag(),
+        );
+    }
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let drained = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -354,6 +388,8 @@ where
             neighbors: Neighbors::new(resolver.link(id)),
             unreachable: Vec::new(),
             listen_limits,
+            cookies: cookies.clone(),
+            seen_cookies: (0, 0),
             flows: flows.clone(),
             exchange: exchange.clone(),
             metrics: m,

@@ -41,6 +41,29 @@ pub fn now() -> Instant {
     Instant::from_micros(read(libc::CLOCK_MONOTONIC) + epoch)
 }
 
+/// The engine clock minus CLOCK_MONOTONIC, µs: what turns the kernel's
+/// `bpf_ktime_get_ns` into engine time in the XDP program's SYN cookies.
+pub fn epoch_us() -> u64 {
+    init();
+    EPOCH.get().copied().unwrap_or(0)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the kernel's `bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is valid for the kernel (vDSO) to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// An engine `Instant` read by [`now`] as CLOCK_MONOTONIC nanoseconds.
+pub fn to_monotonic_ns(t: Instant) -> u64 {
+    t.as_micros().saturating_sub(epoch_us()) * 1_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use crate::app::{App, Ctx};
 use crate::metrics::ShardMetrics;
 use crate::tcp::{ConnId, Endpoint, Event, FourTuple, Instant};
 use crate::wire::{self, DATA_PAYLOAD_AT, FrameMeta, ParsedFrame, TcpFlags};
+use crate::xdp::CookieState;
 use crate::xsk::{SendOutcome, XskSocket};
 use flow::FlowMap;
 use handoff::Exchange;
@@ -65,6 +66,10 @@ pub struct Shard<A: App> {
     pub unreachable: Vec<ConnId>,
     /// This shard's share of listeners' `max_connections`.
     pub listen_limits: Vec<(u16, usize)>,
+    /// The XDP program's SYN-cookie state (flood mode), when it answers SYNs.
+    pub cookies: Option<Arc<CookieState>>,
+    /// The engine's and the program's cookie counts seen last pass.
+    pub seen_cookies: (u64, u64),
 }
 
 impl<A: App> Shard<A> {
@@ -175,8 +180,28 @@ impl<A: App> Shard<A> {
         work
     }
 
+    /// The flood mode's two signals, memory loads only: our SYN queue
+    /// overflowed (the engine sent a cookie) turns it on in XDP; cookies
+    /// sent in XDP make the engine validate cookies, as after an overflow.
+    fn flood_pass(&mut self, now: Instant) {
+        let Some(c) = &self.cookies else {
+            return;
+        };
+        let engine = self.endpoint.stats().syn_cookies_sent;
+        if engine != self.seen_cookies.0 {
+            self.seen_cookies.0 = engine;
+            c.flood_started(clock::to_monotonic_ns(now));
+        }
+        let xdp = c.sent();
+        if xdp != self.seen_cookies.1 {
+            self.seen_cookies.1 = xdp;
+            self.endpoint.note_syn_cookies_sent(now);
+        }
+    }
+
     /// One pass; returns a measure of the work done (0 = idle).
     fn pass(&mut self, now: Instant) -> usize {
+        self.flood_pass(now);
         let mut work = self.receive(now);
         work += self.neighbor_pass(now);
         while let Some(h) = self.exchange.recv(self.id) {

@@ -1,12 +1,19 @@
 //! Loads the steering program, attaches it through a bpf_link, and fills its
 //! maps: the chosen ports, the local address and the per-queue AF_XDP sockets.
 
+mod flood;
 mod skel;
+#[cfg(test)]
+mod tests;
+pub mod tx_check;
+
+pub use flood::{CookieConfig, CookieState};
 
 use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, libbpf_sys};
@@ -80,6 +87,12 @@ pub struct XdpCounters {
     pub malformed: u64,
     /// Matched a chosen port but arrived on a queue without a socket.
     pub no_socket: u64,
+    /// SYNs answered in XDP with a cookie SYN+ACK (flood mode).
+    pub syn_cookies: u64,
+    /// The flood mode is on: SYNs to listeners are answered in XDP.
+    pub flooding: bool,
+    /// XDP_TX was seen failing and the XDP path is off (see `tx_check`).
+    pub xdp_tx_failed: bool,
 }
 
 /// The attached program. Dropping it closes the bpf_link, which detaches the
@@ -92,6 +105,53 @@ pub struct XdpProgram {
     vips: MapHandle,
     steer: MapHandle,
     counters: MapHandle,
+    cookie: Arc<CookieState>,
+    tx_failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The program loaded but not attached, with the handles of its maps.
+pub(crate) struct Loaded {
+    pub(crate) prog: OwnedFd,
+    pub(crate) xsks: MapHandle,
+    pub(crate) chosen_ports: MapHandle,
+    pub(crate) vips: MapHandle,
+    pub(crate) steer: MapHandle,
+    pub(crate) counters: MapHandle,
+    pub(crate) cookie: MapHandle,
+}
+
+fn load_error(e: libbpf_rs::Error) -> XdpError {
+    if is_permission(&e) {
+        XdpError::Permission
+    } else {
+        XdpError::Load(e.to_string())
+    }
+}
+
+/// Opens and loads the program (the verifier runs here); attaches nothing.
+pub(crate) fn load() -> Result<Loaded, XdpError> {
+    silence_libbpf();
+    let mut storage = MaybeUninit::uninit();
+    let open = TurnstileSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(load_error)?;
+    let skel = open.load().map_err(load_error)?;
+    // The fds are duplicated: the skeleton itself can go.
+    let prog = skel
+        .progs
+        .turnstile_steer
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| XdpError::Load(e.to_string()))?;
+    Ok(Loaded {
+        prog,
+        xsks: map_handle(&skel.maps.xsks, "xsks")?,
+        chosen_ports: map_handle(&skel.maps.chosen_ports, "chosen_ports")?,
+        vips: map_handle(&skel.maps.vips, "vips")?,
+        steer: map_handle(&skel.maps.steer, "steer")?,
+        counters: map_handle(&skel.maps.counters, "counters")?,
+        cookie: map_handle(&skel.maps.cookie, "cookie")?,
+    })
 }
 
 /// Looks up an interface index, with the error the operator needs.
@@ -129,24 +189,8 @@ impl XdpProgram {
         if let Some(o) = occupant(idx) {
             return Err(busy(iface, Some(o)));
         }
-        let mut storage = MaybeUninit::uninit();
-        let open = TurnstileSkelBuilder::default()
-            .open(&mut storage)
-            .map_err(|e| {
-                if is_permission(&e) {
-                    XdpError::Permission
-                } else {
-                    XdpError::Load(e.to_string())
-                }
-            })?;
-        let skel = open.load().map_err(|e| {
-            if is_permission(&e) {
-                XdpError::Permission
-            } else {
-                XdpError::Load(e.to_string())
-            }
-        })?;
-        let prog_fd = skel.progs.turnstile_steer.as_fd().as_raw_fd();
+        let loaded = load()?;
+        let prog_fd = loaded.prog.as_raw_fd();
         let (link, attached) = match mode {
             XdpMode::Native => (
                 link_create(prog_fd, idx, iface, AttachedMode::Native)?,
@@ -170,34 +214,39 @@ impl XdpProgram {
             },
         };
         // The maps are kept through their own fds; the link keeps the
-        // program alive, so the skeleton itself can go.
+        // program alive.
         Ok(XdpProgram {
             _link: link,
             mode: attached,
-            xsks: map_handle(&skel.maps.xsks, "xsks")?,
-            chosen_ports: map_handle(&skel.maps.chosen_ports, "chosen_ports")?,
-            vips: map_handle(&skel.maps.vips, "vips")?,
-            steer: map_handle(&skel.maps.steer, "steer")?,
-            counters: map_handle(&skel.maps.counters, "counters")?,
+            xsks: loaded.xsks,
+            chosen_ports: loaded.chosen_ports,
+            vips: loaded.vips,
+            steer: loaded.steer,
+            counters: loaded.counters,
+            cookie: Arc::new(CookieState::map(loaded.cookie)?),
+            tx_failed: Arc::default(),
         })
+    }
+
+    /// Set once XDP_TX was seen failing (the XDP cookie path is then off).
+    pub fn tx_failed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.tx_failed.clone()
+    }
+
+    /// The program's SYN-cookie state, for the shards (flood mode).
+    pub fn cookie_state(&self) -> Arc<CookieState> {
+        self.cookie.clone()
     }
 
     pub fn mode(&self) -> AttachedMode {
         self.mode
     }
 
-    /// Marks `ports` as steered to AF_XDP.
-    pub fn choose_ports(&self, ports: &[u16]) -> Result<(), XdpError> {
-        for &port in ports {
-            let key = u32::from(port).to_ne_bytes();
-            self.chosen_ports
-                .update(&key, &[1u8], MapFlags::ANY)
-                .map_err(|e| XdpError::Map {
-                    map: "chosen_ports",
-                    err: e.to_string(),
-                })?;
-        }
-        Ok(())
+    /// Marks `ports` as steered to AF_XDP; `listen`: they are listeners'
+    /// (their SYNs may be answered in XDP during a flood), not only the
+    /// local ports of active opens.
+    pub fn choose_ports(&self, ports: &[u16], listen: bool) -> Result<(), XdpError> {
+        choose_ports(&self.chosen_ports, ports, listen)
     }
 
     /// Steers (address, port) to AF_XDP whatever the local address: a
@@ -262,8 +311,35 @@ impl XdpProgram {
             passed: read(1),
             malformed: read(2),
             no_socket: read(3),
+            syn_cookies: read(4),
+            flooding: self.cookie.enabled()
+                && self.cookie.flooding(crate::shard::clock::monotonic_ns()),
+            xdp_tx_failed: self.tx_failed.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
+}
+
+/// A listener's port in `chosen_ports` (bpf/turnstile.bpf.c `LISTENER`).
+const LISTENER: u8 = 2;
+
+pub(crate) fn choose_ports(map: &MapHandle, ports: &[u16], listen: bool) -> Result<(), XdpError> {
+    let val = if listen { LISTENER } else { 1 };
+    for &port in ports {
+        let key = u32::from(port).to_ne_bytes();
+        // A port both listened on and used for active opens stays a listener's.
+        if !listen
+            && let Ok(Some(v)) = map.lookup(&key, MapFlags::ANY)
+            && v.first() == Some(&LISTENER)
+        {
+            continue;
+        }
+        map.update(&key, &[val], MapFlags::ANY)
+            .map_err(|e| XdpError::Map {
+                map: "chosen_ports",
+                err: e.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 fn link_create(

@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod lab;
+pub mod xdp_pass;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};

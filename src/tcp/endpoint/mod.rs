@@ -128,6 +128,15 @@ impl Endpoint {
         self.listeners.entry(port).or_default().max_connections = max;
     }
 
+    /// SYN cookies were sent for this endpoint's listeners elsewhere (by the
+    /// XDP program during a flood): validate cookies on their bare ACKs for
+    /// `syn_cookies::LIFETIME` from `now`, as after an overflow of our own.
+    pub fn note_syn_cookies_sent(&mut self, now: Instant) {
+        for l in self.listeners.values_mut() {
+            l.last_overflow = Some(now);
+        }
+    }
+
     /// Stop accepting on `port`; connections already made are unaffected.
     pub fn unlisten(&mut self, port: u16) {
         self.listeners.remove(&port);

@@ -168,6 +168,35 @@ impl Endpoint {
         self.push_control(tuple, synack);
     }
 
+    /// Whether `seg` (an ACK) completes a cookie handshake `tuple`'s
+    /// listener would take now: cookies on, a recent overflow, a valid cookie.
+    pub(super) fn cookie_valid(&self, tuple: FourTuple, seg: &TcpRepr, now: Instant) -> bool {
+        if !self.config.syn_cookies
+            || !self
+                .listeners
+                .get(&tuple.local.port())
+                .is_some_and(|l| l.recent_overflow(now))
+        {
+            return false;
+        }
+        let ts = if self.config.timestamps {
+            seg.options.timestamps
+        } else {
+            None
+        };
+        let clock = ts_clock(now, self.keys.ts_offset(tuple));
+        syn_cookies::decode(
+            &self.keys,
+            tuple,
+            Seq(seg.seq),
+            Seq(seg.ack),
+            ts,
+            clock,
+            now,
+        )
+        .is_some()
+    }
+
     /// A bare ACK to a listener: if it carries a valid cookie, the connection
     /// is created ESTABLISHED and the segment processed by it. False otherwise.
     fn cookie_ack(

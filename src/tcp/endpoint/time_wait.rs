@@ -146,6 +146,28 @@ impl Endpoint {
             }
             return;
         }
+        // The ACK completing a cookie handshake of a new incarnation: its
+        // SYN was answered statelessly (in XDP during a flood, which cannot
+        // see this entry), so the SYN's RFC 6191 / RFC 1122 4.2.2.13 check
+        // is made here on the ACK, and only a valid cookie ends the entry
+        // (a forged ACK cannot assassinate it, RFC 1337).
+        if f.contains(TcpFlags::ACK) && !f.intersects(TcpFlags::SYN | TcpFlags::RST) {
+            let peer_isn = crate::tcp::seq::Seq(seg.seq) - 1u32;
+            let recyclable = if entry.timestamps && ts.is_some() {
+                newer_ts(ts)
+            } else {
+                peer_isn > entry.rcv_nxt
+            };
+            if recyclable && self.cookie_valid(tuple, seg, now) {
+                let entry = self.time_wait.remove(&tuple).expect("entry just read");
+                if entry.holds_port {
+                    self.ports.release(dest_key(&tuple), tuple.local.port());
+                }
+                self.stats.time_wait_recycled_passive += 1;
+                self.listener_segment(tuple, seg, payload, now, None);
+                return;
+            }
+        }
         // RFC 7323 5.3 PAWS.
         if entry.timestamps
             && let Some(t) = ts

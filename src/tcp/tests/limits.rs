@@ -4,7 +4,7 @@
 use super::pair::*;
 use crate::tcp::isn::Keys;
 use crate::tcp::{Config, Endpoint};
-use crate::wire::Timestamps;
+use crate::wire::{TcpRepr, Timestamps};
 
 /// The SYN and the cookie SYN+ACK of a listener with no SYN queue, and the
 /// ACK that completes it.
@@ -144,4 +144,77 @@ fn the_endpoint_limit_counts_every_connection_and_frees_with_them() {
     }
     assert_eq!(p.b.connection_count(), 0);
     assert_eq!(syns(&mut p, &syn, 1, 52_000), 1);
+}
+
+/// The ACK completing a cookie handshake B never saw the SYN of (the XDP
+/// program answered it), from A's port, its ISN `peer_isn` and TSval `tsval`.
+fn xdp_cookie_ack(p: &Pair, peer_isn: u32, tsval: u32) -> TcpRepr {
+    use crate::tcp::isn::ts_clock;
+    use crate::tcp::seq::Seq;
+    use crate::tcp::syn_cookies;
+    let keys = Keys::new([0xbb; 16]);
+    let t = p.b_tuple();
+    let cookie = syn_cookies::encode_isn(&keys, t, Seq(peer_isn), 1460, p.now);
+    let synack_tsval =
+        syn_cookies::encode_tsval(ts_clock(p.now, keys.ts_offset(t)), Some(7), false);
+    TcpRepr {
+        src_port: A_PORT,
+        dst_port: B_PORT,
+        seq: peer_isn.wrapping_add(1),
+        ack: (cookie + 1u32).0,
+        flags: ACK,
+        window: 1000,
+        options: crate::wire::TcpOptions {
+            timestamps: Some(Timestamps {
+                tsval,
+                tsecr: synack_tsval,
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn a_cookie_answered_elsewhere_completes_only_after_note_and_reopens_time_wait() {
+    let mut p = Pair::new();
+    let (_, b_id, _, _) = p.establish();
+    // B closes first and holds the tuple in TIME-WAIT.
+    p.b.close(b_id).unwrap();
+    let fin = p.b_sends();
+    p.deliver_a(&fin);
+    let ack = p.a_sends();
+    p.deliver_b(&ack);
+    let a_id = p.a_events()[0].0;
+    p.a.close(a_id).unwrap();
+    let fin = p.a_sends();
+    p.deliver_b(&fin);
+    let last = p.b_sends();
+    p.deliver_a(&last);
+    assert_eq!(p.b.time_wait_count(), 1);
+    let ts_recent = fin.tcp.options.timestamps.expect("timestamps").tsval;
+
+    // Without a note of cookies sent elsewhere, the ACK does not reopen it.
+    let ack = xdp_cookie_ack(&p, 0x5000_0000, ts_recent.wrapping_add(10));
+    p.b.handle_segment(B_IP, A_IP, &ack, &[], p.now);
+    assert_eq!(p.b.time_wait_count(), 1);
+    assert_eq!(p.b.stats().syn_cookies_accepted, 0);
+
+    // A forged cookie after the note: TIME-WAIT stays (RFC 1337).
+    p.b.note_syn_cookies_sent(p.now);
+    let mut forged = ack;
+    forged.ack ^= 0x10;
+    p.b.handle_segment(B_IP, A_IP, &forged, &[], p.now);
+    assert_eq!(p.b.time_wait_count(), 1);
+    // An old timestamp (not a new incarnation by RFC 6191): stays too.
+    let old = xdp_cookie_ack(&p, 0x5000_0000, ts_recent.wrapping_sub(10));
+    p.b.handle_segment(B_IP, A_IP, &old, &[], p.now);
+    assert_eq!(p.b.time_wait_count(), 1);
+    assert_eq!(p.b.connection_count(), 0);
+
+    // The valid one replaces the entry with an established connection.
+    p.b.handle_segment(B_IP, A_IP, &ack, &[], p.now);
+    assert_eq!(p.b.time_wait_count(), 0);
+    assert_eq!(p.b.stats().syn_cookies_accepted, 1);
+    assert_eq!(p.b.established_count(), 1);
+    assert_eq!(p.b.stats().time_wait_recycled_passive, 1);
 }
