@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod dnsmasq;
 pub mod lab;
 
 use std::process::{Child, Stdio};
