@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod dnsmasq;
+pub mod fleet;
 pub mod lab;
 
 use std::process::{Child, Stdio};
