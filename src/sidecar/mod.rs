@@ -137,7 +137,7 @@ impl Sidecar {
             };
             for b in found {
                 if !l.backends.iter().any(|o| o.addr == b.addr) {
-                    l.backends.push(b.clone());
+                    l.backends.push(*b);
                 }
             }
         }
