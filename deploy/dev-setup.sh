@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(clang llvm m4 libelf-dev zlib1g-dev pkg-config libbpf-dev linux-libc-dev make
       iproute2 ethtool nftables iputils-ping tcpdump curl python3 nginx-light libnginx-mod-stream haproxy
-      procps util-linux fonts-dejavu-core valgrind xdp-tools bird2)
+      procps util-linux fonts-dejavu-core valgrind xdp-tools bird2 dnsmasq)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,7 +16,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts the services it installs; the tests run their own.
-  systemctl disable --now nginx haproxy bird >/dev/null 2>&1 || true
+  systemctl disable --now nginx haproxy bird dnsmasq >/dev/null 2>&1 || true
   pkill -x nginx 2>/dev/null || true
   pkill -x haproxy 2>/dev/null || true
 fi

@@ -15,6 +15,7 @@
 //! - `reload`: what SIGHUP may change ([`Config::reload_check`]).
 
 mod convert;
+mod dns;
 mod error;
 mod parse;
 mod reload;
@@ -61,6 +62,8 @@ pub struct Config {
     /// After SIGTERM, how long /ready says 503 while new connections are
     /// still served (for routes to converge), before the drain.
     pub announce_grace: Duration,
+    /// How `backends_dns` names are resolved (`[dns]`).
+    pub dns: Dns,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +79,46 @@ pub struct Listener {
     pub max_connections: Option<usize>,
     pub slow_start: Duration,
     pub proxy_protocol: ProxyProtocol,
+    /// Backends published in DNS, resolved off the shards and added to
+    /// `backends` (see `sidecar::dns`).
+    pub backends_dns: Option<DnsName>,
+}
+
+/// A listener's `backends_dns`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DnsName {
+    /// `_service._proto.name`: SRV records name each backend's host and port.
+    Srv(String),
+    /// `name:port`: every A record of `name`, on `port`.
+    A { host: String, port: u16 },
+}
+
+impl std::fmt::Display for DnsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsName::Srv(name) => f.write_str(name),
+            DnsName::A { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// The `[dns]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers asked; `None`: those of /etc/resolv.conf.
+    pub resolvers: Option<Vec<SocketAddr>>,
+    /// Names are re-resolved at their TTL, but never sooner than this
+    /// (and failures are retried after it).
+    pub min_ttl: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            resolvers: None,
+            min_ttl: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Connections from the sidecar to backends: local ports and TIME_WAIT.

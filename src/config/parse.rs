@@ -151,6 +151,10 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             0,
             Duration::ZERO,
         )?,
+        dns: match &raw.dns {
+            None => super::Dns::default(),
+            Some(d) => super::dns::section(&src, d.get_ref())?,
+        },
     })
 }
 
@@ -268,16 +272,24 @@ fn listener(
             )
         })?,
     };
-    if l.backends.get_ref().is_empty() {
-        return Err(src.at(
-            &l.backends,
-            format!(
-                "listener.backends: listener {port} has no backends; list at least one \"ip:port\""
-            ),
-        ));
+    let backends_dns = l
+        .backends_dns
+        .as_ref()
+        .map(|n| super::dns::backends_dns(src, n))
+        .transpose()?;
+    let no_backends: &[Spanned<RawBackend>] = &[];
+    let listed = l.backends.as_ref().map_or(no_backends, |b| b.get_ref());
+    if listed.is_empty() && backends_dns.is_none() {
+        let what = format!(
+            "listener.backends: listener {port} has no backends; list at least one \"ip:port\" (or set backends_dns)"
+        );
+        return Err(match &l.backends {
+            Some(b) => src.at(b, what),
+            None => src.at(&l.port, what),
+        });
     }
-    let mut backends: Vec<BackendSettings> = Vec::with_capacity(l.backends.get_ref().len());
-    for b in l.backends.get_ref() {
+    let mut backends: Vec<BackendSettings> = Vec::with_capacity(listed.len());
+    for b in listed {
         let addr = parse_backend(b.get_ref().addr())
             .map_err(|e| src.at(b, format!("listener.backends: {e}")))?;
         if backends.iter().any(|o| o.addr == addr) {
@@ -331,9 +343,13 @@ fn listener(
             Some(ip)
         }
     };
-    if backends.iter().all(|b| b.backup) {
+    // Beside backends_dns, the listed ones may all be backups (DNS names
+    // the primaries).
+    if let Some(listed) = l.backends.as_ref().filter(|_| backends_dns.is_none())
+        && backends.iter().all(|b| b.backup)
+    {
         return Err(src.at(
-            &l.backends,
+            listed,
             format!("listener.backends: every backend of listener {port} is a backup; make at least one a primary"),
         ));
     }
@@ -356,6 +372,7 @@ fn listener(
         backends,
         max_connections: l.max_connections.as_ref().map(|m| *m.get_ref() as usize),
         proxy_protocol,
+        backends_dns,
         slow_start: millis(
             src,
             l.slow_start_ms.as_ref(),
@@ -367,7 +384,7 @@ fn listener(
 }
 
 /// Milliseconds at least `min`, as a duration.
-fn millis(
+pub(super) fn millis(
     src: &Source<'_>,
     v: Option<&Spanned<u64>>,
     key: &str,

@@ -5,7 +5,7 @@ use super::Config;
 impl Config {
     /// Whether `new` may replace `self` in a running sidecar.
     ///
-    /// Reloadable (SIGHUP): each listener's backends and balance, `[health]`,
+    /// Reloadable (SIGHUP): each listener's backends, `backends_dns` and balance, `[dns]`, `[health]`,
     /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
     /// checks). Not reloadable (the datapath is built around them, restart
     /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub state_dir: Option<Spanned<String>>,
     pub maglev_seed: Option<u64>,
     pub announce_grace_ms: Option<Spanned<u64>>,
+    pub dns: Option<Spanned<RawDns>>,
 }
 
 #[derive(Deserialize)]
@@ -36,7 +37,9 @@ pub struct RawListener {
     pub port: Spanned<u16>,
     pub balance: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u64>>,
-    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    /// Optional beside `backends_dns`.
+    pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    pub backends_dns: Option<Spanned<String>>,
     pub slow_start_ms: Option<Spanned<u64>>,
     pub proxy_protocol: Option<Spanned<String>>,
 }
@@ -112,4 +115,11 @@ pub struct RawTimeouts {
     pub connect_ms: Option<Spanned<u64>>,
     pub idle_ms: Option<Spanned<u64>>,
     pub drain_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub resolvers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_ttl_ms: Option<Spanned<u64>>,
 }

@@ -310,3 +310,76 @@ fn backends_as_strings_or_tables() {
         assert_eq!(e.line(), line, "{to}: {e}");
     }
 }
+
+#[test]
+fn backends_from_dns_srv_or_a_records() {
+    let text = "interface = \"eth0\"\n[dns]\nresolvers = [\"198.18.0.53:5353\", \"198.18.0.54\"]\nmin_ttl_ms = 250\n[[listener]]\nport = 80\nbackends_dns = \"_http._tcp.api.internal\"\n[[listener]]\nport = 81\nbackends = [{ addr = \"10.0.0.5:8080\", backup = true }]\nbackends_dns = \"api.internal:8080\"\n";
+    let c = Config::parse(text, Path::new("d.toml")).unwrap();
+    assert_eq!(
+        c.listeners[0].backends_dns,
+        Some(DnsName::Srv("_http._tcp.api.internal".into()))
+    );
+    assert!(c.listeners[0].backends.is_empty());
+    assert_eq!(
+        c.listeners[1].backends_dns,
+        Some(DnsName::A {
+            host: "api.internal".into(),
+            port: 8080
+        })
+    );
+    assert_eq!(c.listeners[1].backends.len(), 1, "beside backends");
+    assert_eq!(
+        c.dns.resolvers,
+        Some(vec![
+            "198.18.0.53:5353".parse().unwrap(),
+            "198.18.0.54:53".parse().unwrap()
+        ])
+    );
+    assert_eq!(c.dns.min_ttl, Duration::from_millis(250));
+    let plain = parse(GOOD).unwrap();
+    assert_eq!(plain.dns, Dns::default());
+    assert_eq!(plain.dns.resolvers, None, "default: /etc/resolv.conf");
+    // Names and resolvers are reloadable.
+    let other = Config::parse(
+        &text.replace("api.internal:8080", "web.internal:80"),
+        Path::new("d.toml"),
+    )
+    .unwrap();
+    assert!(c.reload_check(&other).is_ok());
+
+    for (from, to, needle, line) in [
+        (
+            "\"_http._tcp.api.internal\"",
+            "\"api.internal\"",
+            "neither an SRV name",
+            7,
+        ),
+        ("\"api.internal:8080\"", "\"api.internal:0\"", "1-65535", 11),
+        (
+            "\"_http._tcp.api.internal\"",
+            "\"_http._tcp.api..internal\"",
+            "not a DNS label",
+            7,
+        ),
+        (
+            "\"_http._tcp.api.internal\"",
+            "\"_http._tcp.api internal\"",
+            "letters, digits",
+            7,
+        ),
+        ("\"198.18.0.54\"", "\"dns.example\"", "dns.resolvers", 3),
+        ("min_ttl_ms = 250", "min_ttl_ms = 0", "dns.min_ttl_ms", 4),
+        ("[dns]", "[dns]\ntimeout = 1", "timeout", 3),
+    ] {
+        let e = Config::parse(&text.replace(from, to), Path::new("d.toml")).unwrap_err();
+        assert!(e.message().contains(needle), "{to}: {e}");
+        assert_eq!(e.line(), line, "{to}: {e}");
+    }
+    let e = Config::parse(
+        "interface = \"eth0\"\n[[listener]]\nport = 80\n",
+        Path::new("d.toml"),
+    )
+    .unwrap_err();
+    assert!(e.message().contains("or set backends_dns"), "{e}");
+    assert_eq!(e.line(), 3, "{e}");
+}

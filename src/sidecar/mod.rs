@@ -10,13 +10,18 @@
 //!   they end (they are not counted against anything and are not checked).
 //! - A backend's health changes are seen here within a few milliseconds and
 //!   the Maglev tables are rebuilt without (or with) it.
+//! - `backends_dns` names are resolved on a thread of their own ([`dns`]);
+//!   each new answer is applied like a reload: the listener's backends are
+//!   the file's plus the answer's.
 //! - SIGINT/SIGTERM: `/ready` answers 503 at once; new connections are
 //!   still served for `announce_grace_ms` (while a BGP speaker withdraws
 //!   the route and the routers converge); then stop accepting, let
 //!   connections finish within `timeouts.drain_ms`, detach, return.
 
+pub mod dns;
 pub mod metrics;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +30,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::app::proxy::pool::{BackendSet, Routes};
+use crate::app::proxy::settings::BackendSettings;
 use crate::app::proxy::{Proxy, Shared};
 use crate::config::Config;
 use crate::runtime;
@@ -41,7 +47,12 @@ pub struct Reloads {
 
 /// The running configuration and what was built from it.
 pub struct Sidecar {
+    /// What runs: the file's configuration with the DNS answers added.
     config: Config,
+    /// The file's configuration as read.
+    file: Config,
+    /// Per listener port: the last good answer for its `backends_dns`.
+    dns_sets: BTreeMap<u16, Vec<BackendSettings>>,
     pub backends: Arc<BackendSet>,
     pub shared: Arc<Shared>,
     pub reloads: Arc<Reloads>,
@@ -54,7 +65,9 @@ impl Sidecar {
         let backends = Arc::new(BackendSet::default());
         let routes = Routes::build(&config.proxy_settings(), &backends, None, 1);
         Sidecar {
+            file: config.clone(),
             config,
+            dns_sets: BTreeMap::new(),
             backends,
             shared: Arc::new(Shared::new(routes)),
             reloads: Arc::new(Reloads::default()),
@@ -84,13 +97,60 @@ impl Sidecar {
 
     /// Replaces the running configuration with `new` if it may.
     pub fn apply(&mut self, new: Config) -> Result<(), String> {
-        self.config
+        self.file
             .reload_check(&new)
             .map_err(|e| format!("{}: {e}", new.file.display()))?;
-        self.publish(&new);
-        self.backends.retain_configured(&new.all_backends());
-        self.config = new;
+        // An answer for a name the listener no longer has is dropped.
+        self.dns_sets.retain(|port, _| {
+            new.listeners
+                .iter()
+                .any(|l| l.port == *port && l.backends_dns.is_some())
+        });
+        self.file = new;
+        self.rebuild();
         Ok(())
+    }
+
+    /// A DNS answer for listener `port`'s `backends_dns`: applied like a
+    /// reload when it differs from the last one. Returns whether it did.
+    pub fn apply_dns(&mut self, port: u16, backends: Vec<BackendSettings>) -> bool {
+        let wanted = self
+            .file
+            .listeners
+            .iter()
+            .any(|l| l.port == port && l.backends_dns.is_some());
+        if !wanted || self.dns_sets.get(&port) == Some(&backends) {
+            return false;
+        }
+        self.dns_sets.insert(port, backends);
+        self.rebuild();
+        true
+    }
+
+    /// The file's configuration with each listener's DNS answer added
+    /// (a backend also listed in the file keeps the file's settings).
+    fn effective(&self) -> Config {
+        let mut config = self.file.clone();
+        for l in &mut config.listeners {
+            let Some(found) = self.dns_sets.get(&l.port) else {
+                continue;
+            };
+            for b in found {
+                if !l.backends.iter().any(|o| o.addr == b.addr) {
+                    l.backends.push(*b);
+                }
+            }
+        }
+        config
+    }
+
+    /// Publishes what the file and the DNS answers say now; backends no
+    /// longer in it drain.
+    fn rebuild(&mut self) {
+        let config = self.effective();
+        self.publish(&config);
+        self.backends.retain_configured(&config.all_backends());
+        self.config = config;
     }
 
     /// After health changes: rebuilds the Maglev tables if some backend's
@@ -162,6 +222,15 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         "/maglev",
         Arc::new(move || (200, maglev_shared.routes.load().maglev_dump())),
     );
+    let dns_stats = Arc::new(dns::DnsStats::new(&opts.ports));
+    running
+        .registry
+        .add_renderer(dns::renderer(dns_stats.clone()));
+    let mut discovery = dns::Discovery::start(
+        dns::queries(sidecar.config()),
+        sidecar.config().dns.clone(),
+        dns_stats.clone(),
+    );
     ready(&running.listening_line(&opts.ports));
 
     // After SIGTERM: /ready says 503 at once, new connections are still
@@ -189,6 +258,28 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
                     "configuration reloaded"
                 ),
                 Err(e) => tracing::error!("reload rejected, the running configuration stays: {e}"),
+            }
+            // New names or resolvers: a new discovery thread (the old one
+            // ends on its own; the answers it had given stay until the new
+            // one's arrive).
+            let queries = dns::queries(sidecar.config());
+            let dns_config = &sidecar.config().dns;
+            let same = match &discovery {
+                Some(d) => d.queries == queries && d.dns == *dns_config,
+                None => queries.is_empty(),
+            };
+            if !same {
+                discovery = dns::Discovery::start(queries, dns_config.clone(), dns_stats.clone());
+            }
+        }
+        while let Some(found) = discovery.as_ref().and_then(dns::Discovery::poll) {
+            let n = found.backends.len();
+            if sidecar.apply_dns(found.port, found.backends) {
+                tracing::warn!(
+                    listener = found.port,
+                    backends = n,
+                    "backends from DNS changed"
+                );
             }
         }
         sidecar.follow_health();
@@ -355,6 +446,63 @@ mod tests {
             want,
             "the seed is an input"
         );
+    }
+
+    /// A DNS answer is applied like a reload: new backends join, removed
+    /// ones drain (still known while a session uses them), a repeated
+    /// answer publishes nothing, and a file reload keeps the answer.
+    #[test]
+    fn dns_answers_apply_like_a_reload() {
+        let file = Path::new("t.toml");
+        let text = "interface = \"eth0\"\n[[listener]]\nport = 80\nbalance = \"maglev\"\nbackends = [\"10.0.0.1:80\"]\nbackends_dns = \"_http._tcp.api.internal\"\n";
+        let mut s = Sidecar::new(Config::parse(text, file).unwrap());
+        let b = |a: &str| BackendSettings::new(a.parse().unwrap());
+        let addrs = |s: &Sidecar| -> Vec<String> {
+            s.shared.routes.load().routes[0]
+                .backends
+                .iter()
+                .map(|b| b.addr.to_string())
+                .collect()
+        };
+        assert_eq!(addrs(&s), ["10.0.0.1:80"]);
+        assert!(s.apply_dns(
+            80,
+            vec![b("10.0.0.2:80"), b("10.0.0.3:80"), b("10.0.0.1:80")]
+        ));
+        assert_eq!(addrs(&s), ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        let generation = s.shared.routes.generation();
+        assert!(!s.apply_dns(
+            80,
+            vec![b("10.0.0.2:80"), b("10.0.0.3:80"), b("10.0.0.1:80")]
+        ));
+        assert_eq!(s.shared.routes.generation(), generation, "same answer");
+        assert!(!s.apply_dns(81, vec![b("10.0.0.9:80")]), "no such listener");
+        // A session on .2, then .2 leaves the answer.
+        s.shared.routes.load().routes[0].backends[1].opened();
+        assert!(s.apply_dns(80, vec![b("10.0.0.3:80")]));
+        assert_eq!(addrs(&s), ["10.0.0.1:80", "10.0.0.3:80"]);
+        let gone = s
+            .backends
+            .snapshot()
+            .into_iter()
+            .find(|b| b.addr.to_string() == "10.0.0.2:80")
+            .expect("kept while its session lasts");
+        assert!(!gone.is_configured());
+        assert_eq!(gone.active.load(Ordering::Relaxed), 1);
+        // A reload of the file keeps the answer; one without the name drops it.
+        s.apply(Config::parse(&text.replace("10.0.0.1:80", "10.0.0.4:80"), file).unwrap())
+            .unwrap();
+        assert_eq!(addrs(&s), ["10.0.0.4:80", "10.0.0.3:80"]);
+        s.apply(
+            Config::parse(
+                &text.replace("backends_dns = \"_http._tcp.api.internal\"\n", ""),
+                file,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(addrs(&s), ["10.0.0.1:80"]);
+        assert!(!s.apply_dns(80, vec![b("10.0.0.3:80")]), "no name any more");
     }
 
     #[test]

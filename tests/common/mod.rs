@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod dnsmasq;
+pub mod fleet;
 pub mod lab;
 pub mod xdp_pass;
 
