@@ -405,7 +405,10 @@ fn sack_recovers_in_round_trips_not_timeouts() {
     for seed in [21, 22] {
         let with = lossy_two_way(seed, 8 << 20, true);
         let without = lossy_two_way(seed, 8 << 20, false);
-        eprintln!("seed {seed}: SACK {with:?}\n         NewReno {without:?}");
+        eprintln!(
+            "seed {seed}: SACK {with:?} ({} tail loss probes)\n         NewReno {without:?}",
+            with.probes
+        );
         // RTOs are for what nothing else can repair (a lost probe, a lost
         // retransmission at the very tail): a handful, against one per
         // unrepaired loss without SACK.

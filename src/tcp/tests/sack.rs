@@ -104,7 +104,7 @@ fn syn_cookie_synack_keeps_sack_permitted() {
 #[test]
 fn blocks_for_out_of_order_data_most_recent_first() {
     let mut f = Fix::new(SACK_SPEC);
-    let mut deliver = |f: &mut Fix, at: u32, len: usize| {
+    let deliver = |f: &mut Fix, at: u32, len: usize| {
         let tcp = TcpRepr {
             seq: f.peer_seq(at),
             ack: f.our_seq(0),
