@@ -43,6 +43,7 @@ const DATA: TcpRepr = TcpRepr {
     flags: TcpFlags(TcpFlags::ACK.0 | TcpFlags::PSH.0),
     window: 512,
     options: TcpOptions {
+        sack: turnstile::wire::SackBlocks::EMPTY,
         mss: None,
         window_scale: None,
         sack_permitted: false,

@@ -60,6 +60,9 @@ pub struct ShardMetrics {
     pub connect_timeout: AtomicU64,
     pub connect_refused: AtomicU64,
     pub retransmits: AtomicU64,
+    pub retransmitted_bytes: AtomicU64,
+    pub tlp_probes: AtomicU64,
+    pub loss_recoveries: AtomicU64,
     pub challenge_acks: AtomicU64,
     /// Active opens that failed for want of a next hop's MAC.
     pub connect_unreachable: AtomicU64,
@@ -426,6 +429,24 @@ impl Registry {
             "counter",
             "Segments retransmitted.",
             &[("", s(|m| &m.retransmits))],
+        );
+        metric(
+            "turnstile_retransmitted_bytes_total",
+            "counter",
+            "Payload bytes in retransmitted segments.",
+            &[("", s(|m| &m.retransmitted_bytes))],
+        );
+        metric(
+            "turnstile_loss_recoveries_total",
+            "counter",
+            "Loss recovery episodes entered (fast retransmit; with SACK, RFC 6675 recovery).",
+            &[("", s(|m| &m.loss_recoveries))],
+        );
+        metric(
+            "turnstile_tlp_probes_total",
+            "counter",
+            "Tail loss probes sent (RFC 8985).",
+            &[("", s(|m| &m.tlp_probes))],
         );
         metric(
             "turnstile_challenge_acks_total",

@@ -352,6 +352,9 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.connect_timeout, e.connect_timeout);
         ShardMetrics::set(&m.connect_refused, e.connect_refused);
         ShardMetrics::set(&m.retransmits, e.retransmits);
+        ShardMetrics::set(&m.retransmitted_bytes, e.retransmitted_bytes);
+        ShardMetrics::set(&m.tlp_probes, e.tlp_probes);
+        ShardMetrics::set(&m.loss_recoveries, e.fast_retransmits);
         ShardMetrics::set(&m.challenge_acks, e.challenge_acks);
         ShardMetrics::set(&m.rst_sent, e.rst_sent);
         ShardMetrics::set(&m.rst_unknown_flow, e.rst_unknown_flow);

@@ -38,10 +38,10 @@ pub struct Config {
     pub window_scale: u8,
     /// Offer and accept RFC 7323 timestamps (needed for PAWS and active TIME_WAIT reuse).
     pub timestamps: bool,
-    /// Offer and accept SACK-permitted (RFC 2018). Off by default: the engine neither
-    /// sends nor uses SACK blocks, and a Linux sender that negotiated SACK counts
-    /// losses from SACK blocks rather than plain duplicate ACKs, so claiming SACK
-    /// would slow its loss recovery towards us.
+    /// Offer and accept SACK-permitted (RFC 2018), on by default as in Linux:
+    /// our ACKs then carry SACK blocks for out-of-order data, and loss recovery
+    /// uses the peer's blocks (RFC 6675 scoreboard, RACK-TLP of RFC 8985).
+    /// Without it, NewReno (RFC 6582) on duplicate ACKs.
     pub sack_permitted: bool,
     /// Delayed-ACK timeout (RFC 1122 4.2.3.2 allows up to 500 ms; RFC 9293 3.8.6.3).
     /// 40 ms is Linux's minimum delayed-ACK time: short enough not to stall
@@ -103,7 +103,7 @@ impl Default for Config {
             buffer_pool_budget: 256 << 20,
             window_scale: 7,
             timestamps: true,
-            sack_permitted: false,
+            sack_permitted: true,
             delayed_ack: Some(Duration::from_millis(40)),
             nagle: false,
             msl: Duration::from_secs(30),

@@ -67,6 +67,11 @@ impl NewReno {
             self.cwnd = self.cwnd.max(mss);
             return AckAction::RetransmitFirst;
         }
+        self.grow(acked, mss);
+        AckAction::None
+    }
+
+    fn grow(&mut self, acked: u32, mss: u32) {
         if self.cwnd < self.ssthresh {
             // RFC 5681 3.1 slow start (with L = 1 SMSS per ACK, RFC 3465 style).
             self.cwnd = self.cwnd.saturating_add(acked.min(mss));
@@ -78,7 +83,42 @@ impl NewReno {
                 self.cwnd = self.cwnd.saturating_add(mss);
             }
         }
-        AckAction::None
+    }
+
+    /// New data acknowledged on a connection that uses SACK (RFC 6675): no
+    /// inflation or deflation in recovery, where the scoreboard's pipe
+    /// governs what is sent; recovery ends when SND.UNA reaches `recover`.
+    pub(crate) fn on_new_ack_sack(&mut self, acked: u32, ack: Seq, mss: u32) {
+        self.dupacks = 0;
+        if self.recover.is_some_and(|r| ack >= r) {
+            self.recover = None;
+            if self.in_recovery {
+                // RFC 6675 5 (6): "... the TCP MUST exit loss recovery"; cwnd
+                // is ssthresh from entry.
+                self.in_recovery = false;
+                self.cwnd = self.ssthresh;
+                return;
+            }
+        }
+        if !self.in_recovery {
+            self.grow(acked, mss);
+        }
+    }
+
+    /// A loss recovery episode may begin at SND.UNA `una` (RFC 6675 5 (4):
+    /// not while a previous episode's or a timeout's `recover` is ahead).
+    pub(crate) fn may_enter_recovery(&self, una: Seq) -> bool {
+        !self.in_recovery && !self.recover.is_some_and(|r| una < r)
+    }
+
+    /// RFC 6675 5 (4.2): "ssthresh = cwnd = (FlightSize / 2)" (at least two
+    /// segments, RFC 5681 eq. 4), RecoveryPoint = HighData.
+    pub(crate) fn enter_sack_recovery(&mut self, flight: u32, snd_max: Seq, mss: u32) {
+        self.ssthresh = (flight / 2).max(2 * mss);
+        self.cwnd = self.ssthresh;
+        self.recover = Some(snd_max);
+        self.in_recovery = true;
+        self.bytes_acked = 0;
     }
 
     /// A duplicate ACK (RFC 5681 2 definition, checked by the caller).
@@ -168,6 +208,24 @@ mod tests {
         assert_eq!(cc.on_new_ack(8 * MSS, max, 8 * MSS, MSS), AckAction::None);
         assert!(!cc.in_recovery);
         assert_eq!(cc.cwnd, 2 * MSS);
+    }
+
+    #[test]
+    fn sack_recovery_holds_cwnd_until_recover() {
+        let mut cc = NewReno::new(MSS);
+        assert!(cc.may_enter_recovery(Seq(1)));
+        cc.enter_sack_recovery(10 * MSS, Seq(10_001), MSS);
+        assert_eq!((cc.cwnd, cc.ssthresh), (5 * MSS, 5 * MSS));
+        assert!(!cc.may_enter_recovery(Seq(2001)));
+        cc.on_new_ack_sack(MSS, Seq(2001), MSS);
+        assert_eq!(cc.cwnd, 5 * MSS);
+        cc.on_new_ack_sack(8 * MSS, Seq(10_001), MSS);
+        assert!(!cc.in_recovery && cc.recover.is_none());
+        assert_eq!(cc.cwnd, 5 * MSS);
+        // Congestion avoidance from ssthresh: one MSS per window acknowledged.
+        cc.on_new_ack_sack(5 * MSS, Seq(15_001), MSS);
+        assert_eq!(cc.cwnd, 6 * MSS);
+        assert!(cc.may_enter_recovery(Seq(11_001)));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub(crate) struct Negotiated {
 /// The options of a SYN we send (active open).
 pub(crate) fn syn_options(cfg: &Config, tsval: u32) -> TcpOptions {
     TcpOptions {
+        sack: crate::wire::SackBlocks::EMPTY,
         mss: Some(cfg.mss),
         window_scale: Some(cfg.effective_window_scale()),
         sack_permitted: cfg.sack_permitted,
@@ -74,6 +75,7 @@ pub(crate) fn synack_options(
     tsecr: u32,
 ) -> TcpOptions {
     TcpOptions {
+        sack: crate::wire::SackBlocks::EMPTY,
         mss: Some(cfg.mss),
         window_scale: peer_window_scale.then_some(neg.rcv_wscale),
         sack_permitted: neg.sack,
@@ -88,6 +90,7 @@ mod tests {
 
     fn linux_syn() -> TcpOptions {
         TcpOptions {
+            sack: crate::wire::SackBlocks::EMPTY,
             mss: Some(1460),
             window_scale: Some(7),
             sack_permitted: true,
@@ -109,13 +112,13 @@ mod tests {
                 snd_wscale: 7,
                 rcv_wscale: 7,
                 timestamps: true,
-                sack: false
+                sack: true
             }
         );
         let o = synack_options(&cfg, &neg, true, 55, 100);
         assert_eq!(o.mss, Some(1460));
         assert_eq!(o.window_scale, Some(7));
-        assert!(!o.sack_permitted);
+        assert!(o.sack_permitted, "SACK-permitted answered when offered");
         assert_eq!(
             o.timestamps,
             Some(Timestamps {
@@ -163,6 +166,7 @@ mod tests {
             proptest::option::of((any::<u32>(), any::<u32>())),
         )
             .prop_map(|(mss, ws, sack, ts)| TcpOptions {
+                sack: crate::wire::SackBlocks::EMPTY,
                 mss,
                 window_scale: ws,
                 sack_permitted: sack,

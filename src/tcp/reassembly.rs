@@ -86,8 +86,7 @@ impl RecvBuffer {
 
     /// The out-of-order ranges held, as `[start, end)` offsets from RCV.NXT,
     /// lowest first (what SACK blocks report, RFC 2018).
-    #[allow(dead_code)] // for SACK blocks, which the engine does not send yet
-    pub(crate) fn out_of_order(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+    pub(crate) fn out_of_order(&self) -> impl DoubleEndedIterator<Item = (u32, u32)> + '_ {
         let base = self.readable as u32;
         self.ooo[..self.ooo_len as usize]
             .iter()

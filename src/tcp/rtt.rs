@@ -57,6 +57,12 @@ impl RttEstimator {
         Duration::from_micros(u64::from(self.rto_us))
     }
 
+    /// SRTT in microseconds, if measured (RACK's reordering window and the
+    /// tail loss probe timeout derive from it).
+    pub(crate) fn srtt_us(&self) -> Option<u32> {
+        self.has_sample.then_some(self.srtt_us)
+    }
+
     #[cfg(test)]
     pub(crate) fn srtt(&self) -> Option<Duration> {
         self.has_sample

@@ -25,7 +25,18 @@ pub struct Stats {
     pub segments_received: u64,
     pub segments_sent: u64,
     pub retransmits: u64,
+    /// Payload bytes in retransmitted segments.
+    pub retransmitted_bytes: u64,
+    /// Loss recovery episodes entered (fast retransmit; with SACK, RFC 6675 recovery).
     pub fast_retransmits: u64,
+    /// Tail loss probes sent (RFC 8985 7).
+    pub tlp_probes: u64,
+    /// RACK reordering timers that found a hole lost (RFC 8985 6.3).
+    pub rack_reorder_timeouts: u64,
+    /// Retransmissions RACK found lost because later data arrived first.
+    pub rack_lost_retransmits: u64,
+    /// Received SACK blocks ignored (outside SND.UNA..SND.MAX, D-SACK, no room).
+    pub sack_blocks_ignored: u64,
     pub rto_expirations: u64,
     pub rst_sent: u64,
     /// RSTs answering a segment of a flow this endpoint has no state for

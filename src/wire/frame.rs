@@ -17,6 +17,7 @@ pub const MAX_HEADER_LEN: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + tcp::TCP_MA
 /// [`build_frame`] moves nothing. Segments with other options (SYNs carry no
 /// payload) still build correctly from here, with the payload moved.
 pub const DATA_PAYLOAD_AT: usize = frame_header_len(&TcpOptions {
+    sack: crate::wire::SackBlocks::EMPTY,
     mss: None,
     window_scale: None,
     sack_permitted: false,

@@ -100,6 +100,52 @@ pub struct Timestamps {
     pub tsecr: u32,
 }
 
+/// RFC 2018 3: "the option can contain at most 4 blocks" (40 bytes of option
+/// space, 3 when timestamps take 12 of them).
+pub const MAX_SACK_BLOCKS: usize = 4;
+
+/// The SACK blocks of one segment, `[left edge, right edge)` as sent (the
+/// first is the most recent, RFC 2018 4). Inline: no allocation per segment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct SackBlocks {
+    len: u8,
+    blocks: [(u32, u32); MAX_SACK_BLOCKS],
+}
+
+impl SackBlocks {
+    pub const EMPTY: SackBlocks = SackBlocks {
+        len: 0,
+        blocks: [(0, 0); MAX_SACK_BLOCKS],
+    };
+
+    /// Adds a block; false (and nothing added) once `MAX_SACK_BLOCKS` are held.
+    pub fn push(&mut self, left: u32, right: u32) -> bool {
+        if usize::from(self.len) == MAX_SACK_BLOCKS {
+            return false;
+        }
+        self.blocks[usize::from(self.len)] = (left, right);
+        self.len += 1;
+        true
+    }
+
+    pub const fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[(u32, u32)] {
+        &self.blocks[..usize::from(self.len)]
+    }
+
+    /// Keeps the first `n` blocks.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n as u8);
+    }
+}
+
 /// The TCP options turnstile understands; others are skipped by length on parse.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct TcpOptions {
@@ -107,6 +153,8 @@ pub struct TcpOptions {
     pub window_scale: Option<u8>,
     pub sack_permitted: bool,
     pub timestamps: Option<Timestamps>,
+    /// SACK blocks (kind 5, RFC 2018 3).
+    pub sack: SackBlocks,
 }
 
 /// A TCP header in host terms (ports, numbers, flags, window, options).

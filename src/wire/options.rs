@@ -3,19 +3,20 @@
 //!
 //! Kinds handled: EOL (0), NOP (1), MSS (2, RFC 9293 3.7.1), window scale
 //! (3, RFC 7323 2), SACK-permitted (4, RFC 2018), timestamps (8, RFC 7323 3).
-//! SACK blocks (5) and unknown kinds are skipped by their length.
+//! SACK blocks (5, RFC 2018 3). Unknown kinds are skipped by their length.
 //!
 //! Whether an option is allowed on a given segment (MSS and WS only on SYN,
 //! RFC 9293 3.7.1 and RFC 7323 2.2) is the engine's decision, not ours: we
 //! report what the header says.
 
-use super::{DropReason, TcpOptions, Timestamps};
+use super::{DropReason, MAX_SACK_BLOCKS, TcpOptions, Timestamps};
 
 const KIND_EOL: u8 = 0;
 const KIND_NOP: u8 = 1;
 const KIND_MSS: u8 = 2;
 const KIND_WINDOW_SCALE: u8 = 3;
 const KIND_SACK_PERMITTED: u8 = 4;
+const KIND_SACK: u8 = 5;
 const KIND_TIMESTAMPS: u8 = 8;
 
 const LEN_MSS: usize = 4;
@@ -72,14 +73,25 @@ pub fn parse(mut bytes: &[u8]) -> Result<TcpOptions, DropReason> {
                     tsecr: u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
                 });
             }
-            _ => {} // SACK blocks, unknown kinds, known kinds of the wrong length
+            // RFC 2018 3: "Length: Variable", 8 bytes per block after kind and length.
+            (KIND_SACK, _) if (len - 2) % 8 == 0 && len > 2 => {
+                opts.sack = Default::default();
+                for b in body.chunks_exact(8).take(MAX_SACK_BLOCKS) {
+                    let left = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    let right = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                    opts.sack.push(left, right);
+                }
+            }
+            _ => {} // unknown kinds, known kinds of the wrong length
         }
         bytes = &bytes[len..];
     }
     Ok(opts)
 }
 
-/// Bytes [`write()`] emits for `opts`; always a multiple of 4, at most 20.
+/// Bytes [`write()`] emits for `opts`; always a multiple of 4, at most 40
+/// (SACK blocks beyond what fits are the caller's to leave out: 3 beside
+/// timestamps, 4 without).
 pub const fn len(opts: &TcpOptions) -> usize {
     let mut n = 0;
     if opts.mss.is_some() {
@@ -94,6 +106,9 @@ pub const fn len(opts: &TcpOptions) -> usize {
     if opts.window_scale.is_some() {
         n += 1 + LEN_WINDOW_SCALE;
     }
+    if !opts.sack.is_empty() {
+        n += 4 + 8 * opts.sack.len();
+    }
     n
 }
 
@@ -107,6 +122,7 @@ pub const fn len(opts: &TcpOptions) -> usize {
 /// TS           01 01 08 0a <tsval> <tsecr>
 /// SACK_PERM    01 01 04 02                    (only when no TS)
 /// WS           01 03 03 ss
+/// SACK         01 01 05 ll <left> <right>...
 /// ```
 ///
 /// A SYN with everything is `mss sackOK TS nop wscale`, 20 bytes; an
@@ -151,6 +167,17 @@ pub fn write(buf: &mut [u8], opts: &TcpOptions) -> usize {
             shift,
         ]);
         at += 4;
+    }
+    if !opts.sack.is_empty() {
+        // Linux tcp_options_write: NOP, NOP, then kind 5 with 8 bytes a block.
+        let n = opts.sack.len();
+        buf[at..at + 4].copy_from_slice(&[KIND_NOP, KIND_NOP, KIND_SACK, (2 + 8 * n) as u8]);
+        at += 4;
+        for &(left, right) in opts.sack.as_slice() {
+            buf[at..at + 4].copy_from_slice(&left.to_be_bytes());
+            buf[at + 4..at + 8].copy_from_slice(&right.to_be_bytes());
+            at += 8;
+        }
     }
     at
 }

@@ -308,8 +308,18 @@ impl Connection {
         self.update_ts_recent(seg, seq, now);
         self.probes = 0;
         let window = u32::from(seg.window) << self.neg.snd_wscale;
+        let old_una = self.snd_una;
         if ack > self.snd_una {
             self.on_new_ack(seg, ack, now, ctx);
+        } else if ack == self.snd_una
+            && payload.is_empty()
+            && !fin
+            && window == self.snd_wnd
+            && self.snd_max > self.snd_una
+            && self.neg.sack
+        {
+            // RFC 6675 2: a duplicate ACK; the scoreboard decides (below).
+            self.cc.dupacks = self.cc.dupacks.saturating_add(1);
         } else if ack == self.snd_una
             && payload.is_empty()
             && !fin
@@ -333,6 +343,9 @@ impl Connection {
             self.max_snd_wnd = self.max_snd_wnd.max(window);
             self.snd_wl1 = seq;
             self.snd_wl2 = ack;
+        }
+        if self.neg.sack && self.state.is_synchronized() {
+            self.sack_on_ack(seg, old_una, self.snd_una > old_una, now, ctx);
         }
         match self.state {
             State::FinWait1 if self.fin_acked() => {
@@ -436,7 +449,9 @@ impl Connection {
             self.snd_nxt = ack;
         }
         let mss = u32::from(self.neg.snd_mss);
-        if self.cc.on_new_ack(ack - old_una, ack, flight, mss) == AckAction::RetransmitFirst
+        if self.neg.sack {
+            self.cc.on_new_ack_sack(ack - old_una, ack, mss);
+        } else if self.cc.on_new_ack(ack - old_una, ack, flight, mss) == AckAction::RetransmitFirst
             && self.snd_max > ack
         {
             self.fast_rexmit = true;
@@ -472,6 +487,9 @@ impl Connection {
         }
         let had_holes = self.recv_buf.has_out_of_order();
         let r = self.recv_buf.insert(offset, data, ctx.pool);
+        if offset > 0 {
+            self.note_sack_recent(self.rcv_nxt + offset);
+        }
         if !r.complete {
             ctx.stats.drop_out_of_order_full += u64::from(offset > 0);
         }
@@ -542,6 +560,8 @@ impl Connection {
         self.delack_at = None;
         self.fast_rexmit = false;
         self.probe_pending = false;
+        self.loss_timer = None;
+        self.probe = None;
         ctx.stats.time_wait_entered += 1;
     }
 }

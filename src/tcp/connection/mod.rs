@@ -5,6 +5,7 @@
 
 mod input;
 mod output;
+mod sack;
 mod timers;
 
 use super::config::Config;
@@ -17,6 +18,7 @@ use super::options::{self, Negotiated};
 use super::pool::ChunkPool;
 use super::reassembly::RecvBuffer;
 use super::rtt::RttEstimator;
+use super::scoreboard::Scoreboard;
 use super::send_buffer::SendBuffer;
 use super::seq::Seq;
 use super::state::State;
@@ -112,6 +114,17 @@ pub(crate) struct Connection {
     /// (its ACK was lost), and would inflate RTT by the whole timeout.
     pub(crate) rexmit_tsval: Option<u32>,
     pub(crate) cc: NewReno,
+    /// RFC 6675 scoreboard, boxed and made at the first sign of loss: a
+    /// connection that never loses anything carries 8 bytes for it.
+    pub(crate) sb: Option<Box<Scoreboard>>,
+    /// Receiver side: starts of the most recently received out-of-order
+    /// segments, newest first, for the order of our SACK blocks (RFC 2018 4).
+    pub(crate) sack_recent: [u32; sack::SACK_RECENT],
+    pub(crate) sack_recent_len: u8,
+    /// RACK reordering timer or tail loss probe (RFC 8985), never both.
+    pub(crate) loss_timer: Option<(sack::LossTimer, Instant)>,
+    /// A tail loss probe to send on the next poll.
+    pub(crate) probe: Option<sack::Probe>,
 
     pub(crate) rto_at: Option<Instant>,
     pub(crate) delack_at: Option<Instant>,
@@ -197,6 +210,11 @@ impl Connection {
             rtt_timing: None,
             rexmit_tsval: None,
             cc: NewReno::new(u32::from(neg.snd_mss)),
+            sb: None,
+            sack_recent: [0; sack::SACK_RECENT],
+            sack_recent_len: 0,
+            loss_timer: None,
+            probe: None,
             rto_at: None,
             delack_at: None,
             persist_at: None,
@@ -439,10 +457,16 @@ impl Connection {
 
     /// Earliest of this connection's timers.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        [self.rto_at, self.delack_at, self.persist_at, self.linger_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.rto_at,
+            self.delack_at,
+            self.persist_at,
+            self.linger_at,
+            self.loss_timer.map(|(_, at)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Something may be ready for `poll_transmit` (a cheap over-approximation).
@@ -455,6 +479,11 @@ impl Connection {
             || self.dupacks_owed > 0
             || self.fast_rexmit
             || self.probe_pending
+            || self.probe.is_some()
+            || self
+                .sb
+                .as_deref()
+                .is_some_and(|sb| sb.has_lost(self.snd_una, self.snd_max))
             || (self.state.is_synchronized()
                 && (self.snd_nxt < self.snd_data_end
                     || (self.fin_queued && self.snd_nxt == self.snd_data_end)))

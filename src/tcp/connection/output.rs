@@ -1,13 +1,15 @@
 //! Segment generation: SYN, SYN+ACK, data and FIN (with congestion and flow
 //! control), retransmissions, window probes and ACKs.
 
+use super::sack::Probe;
 use super::{Connection, Ctx};
 use crate::tcp::isn::ts_clock;
 use crate::tcp::options;
+use crate::tcp::scoreboard::Source;
 use crate::tcp::seq::Seq;
 use crate::tcp::state::State;
 use crate::tcp::time::Instant;
-use crate::wire::{TcpFlags, TcpOptions, TcpRepr, Timestamps};
+use crate::wire::{SackBlocks, TcpFlags, TcpOptions, TcpRepr, Timestamps};
 
 impl Connection {
     /// The next segment this connection wants to send, its payload written to
@@ -41,7 +43,8 @@ impl Connection {
                 // Zero-window probe (RFC 9293 3.8.6.1): an old sequence number
                 // that makes the peer answer with its current window.
                 self.probe_pending = false;
-                let seg = self.header(now, self.snd_una - 1u32, TcpFlags::ACK);
+                let sack = self.sack_blocks();
+                let seg = self.header(now, self.snd_una - 1u32, TcpFlags::ACK, sack);
                 return Some((seg, 0));
             }
         }
@@ -50,7 +53,8 @@ impl Connection {
             if !self.ack_now {
                 self.dupacks_owed -= 1;
             }
-            let seg = self.header(now, self.snd_max, TcpFlags::ACK);
+            let sack = self.sack_blocks();
+            let seg = self.header(now, self.snd_max, TcpFlags::ACK, sack);
             return Some((seg, 0));
         }
         None
@@ -88,8 +92,9 @@ impl Connection {
     }
 
     /// A non-SYN header; with ACK set it acknowledges RCV.NXT and satisfies any
-    /// pending (delayed) ACK.
-    fn header(&mut self, now: Instant, seq: Seq, flags: TcpFlags) -> TcpRepr {
+    /// pending (delayed) ACK. `sack`: our blocks (`sack_blocks`), computed by
+    /// the caller because they shrink the payload that fits.
+    fn header(&mut self, now: Instant, seq: Seq, flags: TcpFlags, sack: SackBlocks) -> TcpRepr {
         let window = self.window_field();
         self.ack_sent();
         TcpRepr {
@@ -101,6 +106,7 @@ impl Connection {
             window,
             options: TcpOptions {
                 timestamps: self.timestamps(now),
+                sack,
                 ..TcpOptions::default()
             },
         }
@@ -158,12 +164,33 @@ impl Connection {
         buf: &mut [u8],
         ctx: &mut Ctx<'_>,
     ) -> Option<(TcpRepr, usize)> {
-        let mss = usize::from(self.neg.snd_mss).min(buf.len());
+        let sack = self.sack_blocks();
+        // RFC 2018 3 blocks take option space: the payload shrinks to keep
+        // the segment within the path's MTU (as Linux's tcp_current_mss).
+        let opt_room = if sack.is_empty() {
+            0
+        } else {
+            4 + 8 * sack.len()
+        };
+        let mss = usize::from(self.neg.snd_mss)
+            .saturating_sub(opt_room)
+            .max(1)
+            .min(buf.len());
         let buf_start = self.buf_seq_start();
         let data_end = self.snd_data_end;
         let fin_pending = self.fin_queued && !self.fin_acked();
+        let mut rexmit_source = None;
+        let mut probing = false;
 
-        let (seq, len) = if self.fast_rexmit {
+        let (seq, len) = if let Some((seq, len)) = self.take_probe(mss) {
+            probing = true;
+            (seq, len)
+        } else if let Some((seq, len, source)) = self.sack_retransmit(mss) {
+            rexmit_source = Some(source);
+            self.rtt_timing = None;
+            self.fast_rexmit = false;
+            (seq, len)
+        } else if self.fast_rexmit && !self.neg.sack {
             // RFC 5681 3.2 / RFC 6582: retransmit the first unacknowledged segment.
             self.fast_rexmit = false;
             let seq = self.snd_una;
@@ -174,6 +201,8 @@ impl Connection {
             };
             (seq, avail.min(mss))
         } else {
+            // With SACK, a recovery entry with nothing left to resend.
+            self.fast_rexmit = false;
             let seq = self.snd_nxt;
             let unsent = if data_end > seq {
                 (data_end - seq) as usize
@@ -181,8 +210,13 @@ impl Connection {
                 0
             };
             let flight = (seq - self.snd_una) as usize;
-            let wnd = self.snd_wnd.min(self.cc.cwnd) as usize;
-            let usable = wnd.saturating_sub(flight);
+            // The congestion window against the pipe (RFC 6675: in-flight
+            // bytes less those deemed lost), the peer's window against all
+            // bytes beyond SND.UNA.
+            let cwnd_room = self.cc.cwnd.saturating_sub(self.pipe()) as usize;
+            let usable = (self.snd_wnd as usize)
+                .saturating_sub(flight)
+                .min(cwnd_room);
             let mut len = unsent.min(usable).min(mss);
             if len > 0 && len < mss && len < unsent && flight > 0 {
                 // Sender SWS avoidance (RFC 9293 3.8.6.2.1): don't send a
@@ -213,11 +247,18 @@ impl Connection {
             flags = flags | TcpFlags::FIN;
         }
         let end = seq + (len as u32 + u32::from(fin));
+        let new_data = end > self.snd_max;
         if seq < self.snd_max {
             ctx.stats.retransmits += 1;
+            ctx.stats.retransmitted_bytes += len as u64;
             self.rexmit_tsval = Some(ts_clock(now, self.ts_offset));
         } else if !self.neg.timestamps && self.rtt_timing.is_none() {
             self.rtt_timing = Some((end, now));
+        }
+        if let Some(source) = rexmit_source {
+            let snd_max = self.snd_max;
+            self.scoreboard()
+                .on_retransmitted(seq, end, source, now, snd_max);
         }
         if end > self.snd_nxt {
             self.snd_nxt = end;
@@ -229,7 +270,58 @@ impl Connection {
             self.rto_at = Some(now + self.rtt.rto());
         }
         self.persist_at = None;
-        let seg = self.header(now, seq, flags);
+        if self.neg.sack && new_data && !probing {
+            // RFC 8985 7.2: "start or restart a loss probe PTO timer after
+            // transmitting new data (that was not itself a loss probe)".
+            self.update_loss_timer(now, true);
+        }
+        let seg = self.header(now, seq, flags, sack);
         Some((seg, len))
+    }
+
+    /// A pending tail loss probe (RFC 8985 7.3): one new segment if the
+    /// peer's window allows, else the last segment sent, regardless of cwnd.
+    fn take_probe(&mut self, mss: usize) -> Option<(Seq, usize)> {
+        let probe = self.probe.take()?;
+        let una = self.snd_una;
+        let data_end = self.snd_data_end;
+        if probe == Probe::NewData && self.snd_nxt < data_end {
+            let in_flight = self.snd_nxt - una;
+            let room = self.snd_wnd.saturating_sub(in_flight) as usize;
+            let len = ((data_end - self.snd_nxt) as usize).min(mss).min(room);
+            if len > 0 {
+                return Some((self.snd_nxt, len));
+            }
+        }
+        // The highest segment sent: up to one MSS of data ending at SND.MAX
+        // (its FIN, if sent, goes with it: `data_segment` adds it at the end).
+        let end = self.snd_max.min(data_end);
+        if end < una {
+            // Only our FIN is outstanding.
+            return Some((una, 0));
+        }
+        let len = ((end - una) as usize).min(mss);
+        Some((end - len as u32, len))
+    }
+
+    /// RFC 6675 5 (C): while "cwnd - pipe >= 1 SMSS", NextSeg's lost hole (or a
+    /// retransmission RACK found lost): `(seq, data bytes, source)`.
+    /// On entry to recovery (`fast_rexmit`) the first lost segment goes
+    /// regardless, RFC 6675 5 (4.3): "Retransmit the first data segment
+    /// presumed dropped".
+    fn sack_retransmit(&self, mss: usize) -> Option<(Seq, usize, Source)> {
+        let sb = self.sb.as_deref()?;
+        let (una, max) = (self.snd_una, self.snd_max);
+        if !self.fast_rexmit && self.cc.cwnd.saturating_sub(sb.pipe(una, max)) < mss as u32 {
+            return None;
+        }
+        let (seq, run, source) = sb.next_seg(una, max, mss as u32)?;
+        let data_end = self.snd_data_end;
+        let len = if seq < data_end {
+            ((data_end - seq) as usize).min(run as usize)
+        } else {
+            0
+        };
+        Some((seq, len, source))
     }
 }

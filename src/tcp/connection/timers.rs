@@ -29,6 +29,11 @@ impl Connection {
             self.delack_at = None;
             self.ack_now = true;
         }
+        if due(self.loss_timer.map(|(_, at)| at), now)
+            && let Some((kind, _)) = self.loss_timer.take()
+        {
+            self.on_loss_timer(kind, now, ctx);
+        }
         if due(self.rto_at, now) {
             self.rto_at = None;
             self.on_rto(now, ctx);
@@ -82,9 +87,20 @@ impl Connection {
             let flight = self.snd_max - self.snd_una;
             self.cc
                 .on_rto(flight, self.snd_max, u32::from(self.neg.snd_mss));
-            // Go back N: resend from SND.UNA.
-            self.snd_nxt = self.snd_una;
             self.fast_rexmit = false;
+            self.loss_timer = None;
+            self.probe = None;
+            if self.neg.sack {
+                // RFC 6675 5.1: resend every un-SACKed byte from SND.UNA,
+                // skipping what the receiver holds. RFC 2018 8: the receiver
+                // may have reneged, so a second timeout in a row forgets the
+                // blocks.
+                let (una, max, forget) = (self.snd_una, self.snd_max, self.retries >= 2);
+                self.scoreboard().on_rto(una, max, forget);
+            } else {
+                // Go back N: resend from SND.UNA.
+                self.snd_nxt = self.snd_una;
+            }
         }
         if !handshake && self.snd_wnd == 0 && self.snd_una < self.snd_data_end {
             // The peer's window is closed: retransmitting data into it is

@@ -28,6 +28,7 @@ pub(crate) const LOCAL_PORT: u16 = 80;
 pub(crate) const REMOTE_PORT: u16 = 49_500;
 
 const NO_OPTIONS: TcpOptions = TcpOptions {
+    sack: crate::wire::SackBlocks::EMPTY,
     mss: None,
     window_scale: None,
     sack_permitted: false,

@@ -50,6 +50,7 @@ fn syn_options_and_window_scaling_against_a_linux_syn() {
             flags: SYN,
             window: 64240,
             options: TcpOptions {
+                sack: crate::wire::SackBlocks::EMPTY,
                 mss: Some(1460),
                 window_scale: Some(7),
                 sack_permitted: true,
@@ -67,7 +68,10 @@ fn syn_options_and_window_scaling_against_a_linux_syn() {
     synack.expect(SYN | ACK, b_iss, 1_000_001);
     assert_eq!(synack.tcp.options.mss, Some(1460));
     assert_eq!(synack.tcp.options.window_scale, Some(7));
-    assert!(!synack.tcp.options.sack_permitted, "SACK is off by default");
+    assert!(
+        synack.tcp.options.sack_permitted,
+        "SACK-permitted answered when the SYN offers it (RFC 2018 2)"
+    );
     assert_eq!(synack.tcp.options.timestamps.unwrap().tsecr, 5000);
     assert_eq!(synack.tcp.window, 65535, "a SYN's window is not scaled");
     // The ACK advertises a window of 2 << 7 = 256 bytes.

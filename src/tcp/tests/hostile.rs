@@ -117,7 +117,7 @@ proptest! {
                     ack: (i64::from(base_ack) + f.ack_delta) as u32,
                     flags: TcpFlags(f.flags),
                     window: f.window,
-                    options: TcpOptions {
+                    options: TcpOptions { sack: crate::wire::SackBlocks::EMPTY,
                         mss: f.mss,
                         window_scale: f.ws,
                         sack_permitted: f.flags & 1 == 1,

@@ -12,6 +12,7 @@ mod limits;
 mod pair;
 mod reliability;
 mod rfc5961;
+mod sack;
 mod sim;
 mod sizes;
 mod time_wait;

@@ -21,8 +21,9 @@ fn connection_size_is_reported() {
         "Connection struct: {conn} bytes, plus buffers {} + {} bytes",
         cfg.send_buffer, cfg.recv_buffer
     );
-    // Guard against accidental growth (e.g. an inline buffer).
-    assert!(conn <= 512, "{conn}");
+    // Guard against accidental growth (e.g. an inline buffer). 528 with the
+    // SACK receiver state, the boxed scoreboard and the RACK/TLP timer.
+    assert!(conn <= 544, "{conn}");
 }
 
 #[test]

@@ -64,6 +64,7 @@ fn syn_from_a(seq: u32, ts: Option<Timestamps>) -> Seg {
             flags: SYN,
             window: 65535,
             options: TcpOptions {
+                sack: crate::wire::SackBlocks::EMPTY,
                 mss: Some(1460),
                 window_scale: Some(7),
                 sack_permitted: false,

@@ -139,6 +139,7 @@ fn linux_syn_with_mss_sack_ts_ws() {
         flags: TcpFlags::SYN,
         window: 64240,
         options: TcpOptions {
+            sack: crate::wire::SackBlocks::EMPTY,
             mss: Some(1460),
             window_scale: Some(10),
             sack_permitted: true,
@@ -161,6 +162,7 @@ fn linux_syn_ack() {
         flags: TcpFlags::SYN | TcpFlags::ACK,
         window: 65160,
         options: TcpOptions {
+            sack: crate::wire::SackBlocks::EMPTY,
             mss: Some(1460),
             window_scale: Some(10),
             sack_permitted: true,

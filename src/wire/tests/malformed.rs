@@ -250,14 +250,25 @@ fn eol_ends_the_option_list() {
 }
 
 #[test]
-fn unknown_kinds_and_sack_blocks_are_skipped() {
+fn unknown_kinds_are_skipped_and_sack_blocks_parsed() {
     // Unknown kind 30 (MPTCP) of length 4, then SACK (5) with one 8-byte block
     // would not fit, so: kind 30 len 4, kind 254 len 2, MSS.
     let f = frame_with_options([30, 4, 0xde, 0xad, 254, 2, 2, 4, 0x01, 0x00, 1, 0]);
     let opts = parse_frame(&f).unwrap().tcp.options;
     assert_eq!(opts.mss, Some(256));
     let f = frame_with_options([1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-    assert_eq!(parse_frame(&f).unwrap().tcp.options, TcpOptions::default());
+    let opts = parse_frame(&f).unwrap().tcp.options;
+    assert_eq!(opts.sack.as_slice(), &[(1, 2)]);
+    assert_eq!(
+        TcpOptions {
+            sack: crate::wire::SackBlocks::EMPTY,
+            ..opts
+        },
+        TcpOptions::default()
+    );
+    // A SACK option whose length is not 2 + 8n is skipped.
+    let f = frame_with_options([1, 1, 5, 9, 0, 0, 0, 1, 0, 0, 0, 1]);
+    assert!(parse_frame(&f).unwrap().tcp.options.sack.is_empty());
 }
 
 #[test]

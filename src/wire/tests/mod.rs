@@ -33,6 +33,7 @@ pub(super) const DATA: TcpRepr = TcpRepr {
     flags: TcpFlags(TcpFlags::ACK.0 | TcpFlags::PSH.0),
     window: 502,
     options: TcpOptions {
+        sack: crate::wire::SackBlocks::EMPTY,
         mss: None,
         window_scale: None,
         sack_permitted: false,
@@ -48,6 +49,7 @@ pub(super) const SYN: TcpRepr = TcpRepr {
     flags: TcpFlags::SYN,
     ack: 0,
     options: TcpOptions {
+        sack: crate::wire::SackBlocks::EMPTY,
         mss: Some(1460),
         window_scale: Some(7),
         sack_permitted: true,

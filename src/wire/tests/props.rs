@@ -35,6 +35,7 @@ fn arb_options() -> impl Strategy<Value = TcpOptions> {
         proptest::option::of((any::<u32>(), any::<u32>())),
     )
         .prop_map(|(mss, window_scale, sack_permitted, ts)| TcpOptions {
+            sack: crate::wire::SackBlocks::EMPTY,
             mss,
             window_scale,
             sack_permitted,

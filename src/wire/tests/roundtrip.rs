@@ -201,3 +201,34 @@ fn drop_reason_labels_are_stable() {
         assert!(DropReason::ALL.iter().any(|r| r.label() == l));
     }
 }
+
+/// RFC 2018 3 blocks after the timestamps, as Linux writes them (nop, nop,
+/// kind 5, length 2 + 8n): three fill the 40-byte option area beside TS.
+#[test]
+fn sack_blocks_round_trip_beside_timestamps() {
+    let mut sack = crate::wire::SackBlocks::EMPTY;
+    for (l, r) in [(100, 200), (300, 400), (0xffff_fff0, 5)] {
+        assert!(sack.push(l, r));
+    }
+    let tcp = TcpRepr {
+        options: TcpOptions {
+            sack,
+            ..DATA.options
+        },
+        ..DATA
+    };
+    assert_eq!(tcp_header_len(&tcp.options), 60);
+    let frame = build(&META, &tcp, b"xy");
+    assert_eq!(&frame[54 + 12..54 + 16], &[1, 1, 5, 26]);
+    let parsed = parse_frame(&frame).unwrap();
+    assert_eq!(parsed.tcp, tcp);
+    assert_eq!(parsed.payload, b"xy");
+    let mut four = sack;
+    assert!(four.push(7, 8));
+    assert!(!four.push(9, 10), "RFC 2018: at most 4 blocks");
+    let bare = TcpOptions {
+        sack: four,
+        ..TcpOptions::default()
+    };
+    assert_eq!(tcp_header_len(&bare), 20 + 36);
+}
