@@ -144,6 +144,7 @@ fn linux_options(tsval: u32) -> TcpOptions {
         window_scale: Some(7),
         sack_permitted: true,
         timestamps: Some(Timestamps { tsval, tsecr: 0 }),
+        ..TcpOptions::default()
     }
 }
 
