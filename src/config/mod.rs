@@ -57,6 +57,20 @@ pub struct Config {
     /// After SIGTERM, how long /ready says 503 while new connections are
     /// still served (for routes to converge), before the drain.
     pub announce_grace: Duration,
+    /// The runtime API's address (`admin`); off when `None`.
+    pub admin: Option<SocketAddr>,
+    /// The bearer token the runtime API requires (`admin_token_file`,
+    /// read when the file is loaded; surrounding whitespace trimmed).
+    pub admin_token: Option<String>,
+    /// Where one JSON line per finished session goes (`access_log`).
+    pub access_log: Option<AccessLog>,
+}
+
+/// The access log's destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    Stderr,
+    File(PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

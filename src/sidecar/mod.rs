@@ -15,7 +15,9 @@
 //!   the route and the routers converge); then stop accepting, let
 //!   connections finish within `timeouts.drain_ms`, detach, return.
 
+pub mod admin;
 pub mod metrics;
+pub mod overrides;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::app::proxy::pool::{BackendSet, Routes};
 use crate::app::proxy::{Proxy, Shared};
 use crate::config::Config;
 use crate::runtime;
+use overrides::{Change, Overrides, Refused};
 
 /// How often the control thread looks at signals and health changes.
 const CONTROL_EVERY: Duration = Duration::from_millis(10);
@@ -47,6 +50,8 @@ pub struct Sidecar {
     pub reloads: Arc<Reloads>,
     generation: u64,
     health_seen: u64,
+    /// What the runtime API changed (see [`overrides`] for SIGHUP).
+    overrides: Overrides,
 }
 
 impl Sidecar {
@@ -60,6 +65,7 @@ impl Sidecar {
             reloads: Arc::new(Reloads::default()),
             generation: 1,
             health_seen: 0,
+            overrides: Overrides::default(),
         }
     }
 
@@ -87,10 +93,36 @@ impl Sidecar {
         self.config
             .reload_check(&new)
             .map_err(|e| format!("{}: {e}", new.file.display()))?;
+        let dropped = self.overrides.follow_file(&new.proxy_settings());
+        if !dropped.is_empty() {
+            tracing::warn!(
+                backends = dropped.join(" "),
+                "the file changed these backends: their runtime API changes are dropped"
+            );
+        }
         self.publish(&new);
         self.backends.retain_configured(&new.all_backends());
         self.config = new;
         Ok(())
+    }
+
+    /// A runtime API change to backend `addr` of listener `port`: laid over
+    /// the file's settings and published like a reload. Returns the
+    /// generation that carries it.
+    pub fn change(
+        &mut self,
+        port: u16,
+        addr: std::net::SocketAddrV4,
+        changes: &[Change],
+    ) -> Result<u64, Refused> {
+        let file = self.config.proxy_settings();
+        for &c in changes {
+            self.overrides.set(&file, port, addr, c)?;
+        }
+        tracing::warn!(listener = port, backend = %addr, ?changes, "runtime API change");
+        let config = self.config.clone();
+        self.publish(&config);
+        Ok(self.generation)
     }
 
     /// After health changes: rebuilds the Maglev tables if some backend's
@@ -110,12 +142,9 @@ impl Sidecar {
     fn publish(&mut self, config: &Config) {
         let prev = self.shared.routes.load();
         self.generation += 1;
-        let routes = Routes::build(
-            &config.proxy_settings(),
-            &self.backends,
-            Some(&prev),
-            self.generation,
-        );
+        let mut settings = config.proxy_settings();
+        self.overrides.apply(&mut settings);
+        let routes = Routes::build(&settings, &self.backends, Some(&prev), self.generation);
         self.shared.routes.store(routes);
     }
 }
@@ -162,6 +191,23 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         "/maglev",
         Arc::new(move || (200, maglev_shared.routes.load().maglev_dump())),
     );
+    // The runtime API's requests reach this thread over a channel; the
+    // sender stays alive here so the loop below can always wait on it.
+    let (api_tx, api_rx) = std::sync::mpsc::channel::<admin::Request>();
+    let api_stop = Arc::new(AtomicBool::new(false));
+    let api = match sidecar.config().admin {
+        None => None,
+        Some(addr) => Some(
+            admin::serve(
+                addr,
+                sidecar.config().admin_token.clone(),
+                sidecar.shared.clone(),
+                api_tx.clone(),
+                api_stop.clone(),
+            )
+            .with_context(|| format!("admin = \"{addr}\": cannot listen there"))?,
+        ),
+    };
     ready(&running.listening_line(&opts.ports));
 
     // After SIGTERM: /ready says 503 at once, new connections are still
@@ -195,8 +241,18 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         if running.finished() {
             anyhow::bail!("every shard stopped unexpectedly");
         }
-        std::thread::sleep(CONTROL_EVERY);
+        // Waits for an API request at most CONTROL_EVERY: a change is
+        // published as soon as it arrives.
+        if let Ok(req) = api_rx.recv_timeout(CONTROL_EVERY) {
+            let result = sidecar.change(req.port, req.addr, &req.change);
+            let _ = req.reply.send(result);
+        }
     }
+    api_stop.store(true, Ordering::Relaxed);
+    if let Some(api) = api {
+        let _ = api.join();
+    }
+    drop(api_tx);
     sidecar.shared.draining.store(true, Ordering::Relaxed);
     running.drain();
     Ok(())

@@ -40,8 +40,8 @@ mod session;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -101,6 +101,10 @@ pub struct Shared {
     /// rebuilds the Maglev tables).
     pub health_changes: AtomicU64,
     pub stats: ProxyStats,
+    /// Per shard, the routing generation it runs by (registered once at
+    /// start; stored by the shard, read by the runtime API to say when a
+    /// change is in effect everywhere).
+    seen: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl Shared {
@@ -111,7 +115,23 @@ impl Shared {
             accepting: AtomicBool::new(true),
             health_changes: AtomicU64::new(0),
             stats: ProxyStats::default(),
+            seen: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A shard's slot for the generation it runs by.
+    fn register_shard(&self, generation: u64) -> Arc<AtomicU64> {
+        let slot = Arc::new(AtomicU64::new(generation));
+        self.seen.lock().expect("seen lock").push(slot.clone());
+        slot
+    }
+
+    /// The oldest routing generation some shard still runs by (`None`
+    /// before any shard started). Never touched by a shard: the control
+    /// and API threads call it.
+    pub fn oldest_seen(&self) -> Option<u64> {
+        let seen = self.seen.lock().expect("seen lock");
+        seen.iter().map(|g| g.load(Ordering::Acquire)).min()
     }
 }
 
@@ -182,6 +202,8 @@ pub struct Proxy {
     shard: usize,
     shards: usize,
     routes: Arc<Routes>,
+    /// Where this shard says which generation it runs by.
+    seen: Arc<AtomicU64>,
     sessions: Vec<Option<Session>>,
     free: Vec<u32>,
     legs: FxHashMap<ConnId, (u32, Leg)>,
@@ -201,8 +223,10 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(shared: Arc<Shared>, shard: usize, shards: usize) -> Self {
         let routes = shared.routes.load();
+        let seen = shared.register_shard(routes.generation);
         Proxy {
             shared,
+            seen,
             shard,
             shards: shards.max(1),
             routes,
@@ -232,6 +256,7 @@ impl Proxy {
     fn refresh_routes(&mut self) {
         if self.shared.routes.generation() != self.routes.generation {
             self.routes = self.shared.routes.load();
+            self.seen.store(self.routes.generation, Ordering::Release);
         }
     }
 }
