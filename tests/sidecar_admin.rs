@@ -244,3 +244,117 @@ print("hup-edited", backend(doc, P, ALPHA)["weight"])
     );
     lab.stop_sidecar();
 }
+
+/// One JSON line per finished session, its fields checked against what
+/// each client did: orderly sessions of known sizes, client resets, and a
+/// listener whose only backend is down.
+#[test]
+fn sidecar_access_log_has_one_line_per_session_with_what_the_client_did() {
+    if !need_root() {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = Lab::new("access", 0);
+    lab.start_backend(0, "echo");
+    let log = lab.dir.join("access.log");
+    let text = format!(
+        "access_log = \"{}\"\n{}",
+        log.display(),
+        lab.config(
+            "round-robin",
+            &[0],
+            &format!(
+                "[[listener]]\nport = {}\nbackends = [\"{}\"]\n",
+                LB_PORT + 1,
+                lab.backend_addr(2)
+            )
+        )
+    );
+    let cfg = lab.write_config("access.toml", &text);
+    lab.start_sidecar(&cfg);
+    let out = lab.python(
+        r#"
+import struct
+def echo_session(n, reset=False):
+    s = socket.create_connection(LB, timeout=5)
+    port = s.getsockname()[1]
+    data = b"x" * n
+    s.sendall(data)
+    got = b""
+    while len(got) < n:
+        c = s.recv(65536)
+        if not c:
+            raise RuntimeError("short echo")
+        got += c
+    if reset:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        return port
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(10) == b""
+    s.close()
+    return port
+for k in range(1, 21):
+    print("ok", echo_session(k * 1000), k * 1000)
+for k in range(1, 6):
+    print("rst", echo_session(k * 10, reset=True), k * 10)
+s = socket.create_connection((LB[0], LB[1] + 1), timeout=5)
+port = s.getsockname()[1]
+try:
+    s.recv(10)
+except ConnectionResetError:
+    pass
+s.close()
+print("nb", port, 0)
+"#,
+    );
+    // Every session has ended on the sidecar before its line is checked.
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            metric(
+                &lab.metrics(),
+                "turnstile_access_log_lines_total{result=\"written\"}",
+            ) >= 26
+        }),
+        "{}",
+        lab.metrics()
+    );
+    let m = lab.metrics();
+    assert_eq!(
+        metric(&m, "turnstile_access_log_lines_total{result=\"written\"}"),
+        26
+    );
+    assert_eq!(
+        metric(&m, "turnstile_access_log_lines_total{result=\"dropped\"}"),
+        0
+    );
+    lab.stop_sidecar();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 26, "{text}");
+    let client_ip = lab.topo.client.ip.to_string();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (kind, port, n) = (f[0], f[1], f[2].parse::<u64>().unwrap());
+        let client = format!("{client_ip}:{port}");
+        let line = lines
+            .iter()
+            .find(|v| v["client"] == client.as_str())
+            .unwrap_or_else(|| panic!("no line for {client}: {text}"));
+        let (end, listener, backend) = match kind {
+            "ok" => ("closed", LB_PORT, lab.backend_addr(0)),
+            "rst" => ("reset_by_client", LB_PORT, lab.backend_addr(0)),
+            _ => ("no_backend", LB_PORT + 1, lab.backend_addr(2)),
+        };
+        assert_eq!(line["end"], end, "{line}");
+        assert_eq!(line["listener"], listener, "{line}");
+        assert_eq!(line["backend"], backend.as_str(), "{line}");
+        assert_eq!(line["bytes_to_backend"], n, "{line}");
+        assert_eq!(line["bytes_from_backend"], n, "{line}");
+        assert!(line["duration_ms"].as_f64().unwrap() < 5000.0, "{line}");
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+}

@@ -17,8 +17,6 @@ use super::{
 use crate::app::proxy::settings::MAX_WEIGHT;
 use crate::xdp::XdpMode;
 
-const ACCESS_LOG_BUILT: bool = false;
-
 pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let src = Source { file, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| src.syntax(&e))?;
@@ -100,9 +98,6 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 a,
                 "access_log = \"\": say \"stderr\" or a file path (or leave it out)",
             ));
-        }
-        Some(a) if !ACCESS_LOG_BUILT => {
-            return Err(src.at(a, "access_log: not built yet in this version"));
         }
         Some(a) if a.get_ref().trim() == "stderr" => Some(super::AccessLog::Stderr),
         Some(a) => Some(super::AccessLog::File(resolve(file, a.get_ref().trim()))),

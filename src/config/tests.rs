@@ -321,8 +321,13 @@ fn admin_and_its_token_file() {
     let c = with("admin = \"127.0.0.1:9901\"\nadmin_token_file = \"token\"").unwrap();
     assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
     assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
-    let e = with("admin_token_file = \"token\"").unwrap_err().to_string();
-    assert!(e.contains("t.toml:1:") && e.contains("without admin"), "{e}");
+    let e = with("admin_token_file = \"token\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t.toml:1:") && e.contains("without admin"),
+        "{e}"
+    );
     let e = with("admin = \"127.0.0.1:9901\"\nadmin_token_file = \"missing\"")
         .unwrap_err()
         .to_string();

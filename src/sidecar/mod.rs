@@ -15,6 +15,7 @@
 //!   the route and the routers converge); then stop accepting, let
 //!   connections finish within `timeouts.drain_ms`, detach, return.
 
+pub mod access_log;
 pub mod admin;
 pub mod metrics;
 pub mod overrides;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::app::proxy::access::AccessLog;
 use crate::app::proxy::pool::{BackendSet, Routes};
 use crate::app::proxy::{Proxy, Shared};
 use crate::config::Config;
@@ -58,10 +60,14 @@ impl Sidecar {
     pub fn new(config: Config) -> Self {
         let backends = Arc::new(BackendSet::default());
         let routes = Routes::build(&config.proxy_settings(), &backends, None, 1);
+        let mut shared = Shared::new(routes);
+        if config.access_log.is_some() {
+            shared = shared.with_access_log(Arc::new(AccessLog::new(access_log::RING)));
+        }
         Sidecar {
             config,
             backends,
-            shared: Arc::new(Shared::new(routes)),
+            shared: Arc::new(shared),
             reloads: Arc::new(Reloads::default()),
             generation: 1,
             health_seen: 0,
@@ -208,6 +214,13 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
             .with_context(|| format!("admin = \"{addr}\": cannot listen there"))?,
         ),
     };
+    let log_stop = Arc::new(AtomicBool::new(false));
+    let log_thread = match (&sidecar.config().access_log, &sidecar.shared.access) {
+        (Some(target), Some(log)) => {
+            Some(access_log::start(target, log.clone(), log_stop.clone())?)
+        }
+        _ => None,
+    };
     ready(&running.listening_line(&opts.ports));
 
     // After SIGTERM: /ready says 503 at once, new connections are still
@@ -255,6 +268,11 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     drop(api_tx);
     sidecar.shared.draining.store(true, Ordering::Relaxed);
     running.drain();
+    // After the drain: the sessions it ended are logged too.
+    log_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = log_thread {
+        let _ = t.join();
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@
 //! deadlines), `relay` (bytes and leg events), `checks` (health check
 //! scheduling); routing data in `pool`, `balance`, `maglev`.
 
+pub mod access;
 pub mod balance;
 pub mod health;
 pub mod maglev;
@@ -105,6 +106,8 @@ pub struct Shared {
     /// start; stored by the shard, read by the runtime API to say when a
     /// change is in effect everywhere).
     seen: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The access log's rings (`access_log`), when it is on.
+    pub access: Option<Arc<access::AccessLog>>,
 }
 
 impl Shared {
@@ -116,7 +119,14 @@ impl Shared {
             health_changes: AtomicU64::new(0),
             stats: ProxyStats::default(),
             seen: Mutex::new(Vec::new()),
+            access: None,
         }
+    }
+
+    /// With an access log: each shard gets a ring of `log`.
+    pub fn with_access_log(mut self, log: Arc<access::AccessLog>) -> Self {
+        self.access = Some(log);
+        self
     }
 
     /// A shard's slot for the generation it runs by.
@@ -167,7 +177,16 @@ enum Leg {
 struct Session {
     client: ConnId,
     client_ip: Ipv4Addr,
+    client_port: u16,
     port: u16,
+    /// When it was accepted (for the access log's duration).
+    started: Instant,
+    /// Bytes relayed client -> backend and back.
+    bytes_to: u64,
+    bytes_from: u64,
+    /// How it ended, for the access log (set where it ends otherwise than
+    /// by an orderly close).
+    outcome: access::End,
     /// The current upstream attempt, or the established upstream leg.
     upstream: Option<ConnId>,
     /// The backend of `upstream` (holding one of its slots).
@@ -204,6 +223,8 @@ pub struct Proxy {
     routes: Arc<Routes>,
     /// Where this shard says which generation it runs by.
     seen: Arc<AtomicU64>,
+    /// This shard's access log ring.
+    access: Option<access::Ring>,
     sessions: Vec<Option<Session>>,
     free: Vec<u32>,
     legs: FxHashMap<ConnId, (u32, Leg)>,
@@ -224,9 +245,11 @@ impl Proxy {
     pub fn new(shared: Arc<Shared>, shard: usize, shards: usize) -> Self {
         let routes = shared.routes.load();
         let seen = shared.register_shard(routes.generation);
+        let access = shared.access.as_ref().map(|log| log.ring());
         Proxy {
             shared,
             seen,
+            access,
             shard,
             shards: shards.max(1),
             routes,

@@ -3,7 +3,7 @@
 
 use super::pool::{Backend, Failure};
 use super::proxy_protocol::{self, ProxyProtocol};
-use super::{Leg, Proxy, ProxyStats, Session};
+use super::{Leg, Proxy, ProxyStats, Session, access};
 use crate::app::Ctx;
 use crate::tcp::Event;
 
@@ -37,10 +37,11 @@ impl Proxy {
             Event::Closed => {
                 s.client_gone = true;
                 self.legs.remove(&s.client);
-                self.finish_if_done(sid);
+                self.finish_if_done(sid, ctx.now());
             }
             Event::Reset | Event::TimedOut | Event::Refused | Event::Unreachable => {
                 s.client_gone = true;
+                s.outcome = access::End::ClientReset;
                 if s.upstream.is_some() && !s.upstream_gone {
                     ProxyStats::bump(&self.shared.stats.resets_propagated);
                 }
@@ -90,7 +91,7 @@ impl Proxy {
                 if let Some(up) = s.upstream {
                     self.legs.remove(&up);
                 }
-                self.finish_if_done(sid);
+                self.finish_if_done(sid, ctx.now());
             }
             Event::Refused | Event::TimedOut | Event::Reset | Event::Unreachable
                 if s.relayed == 0 =>
@@ -106,6 +107,7 @@ impl Proxy {
             }
             Event::Refused | Event::TimedOut | Event::Reset | Event::Unreachable => {
                 s.upstream_gone = true;
+                s.outcome = access::End::BackendReset;
                 if !s.client_gone {
                     ProxyStats::bump(&self.shared.stats.resets_propagated);
                 }
@@ -174,6 +176,10 @@ fn relay(ctx: &mut Ctx<'_>, s: &mut Session, from: Leg, scratch: &mut [u8]) -> b
     }
     if moved > 0 {
         s.relayed += moved as u64;
+        match from {
+            Leg::Client => s.bytes_to += moved as u64,
+            Leg::Upstream => s.bytes_from += moved as u64,
+        }
         s.last_active = ctx.now();
         if let Some(b) = &s.backend {
             let counter = if from == Leg::Client {

@@ -6,22 +6,28 @@ use std::net::SocketAddrV4;
 
 use super::balance::Pick;
 use super::pool::{Failure, Slot};
-use super::{Leg, MAX_QUEUED, PORT_RETRY_EVERY, Proxy, ProxyStats, Session};
+use super::{Leg, MAX_QUEUED, PORT_RETRY_EVERY, Proxy, ProxyStats, Session, access};
 use crate::app::{Ctx, OpenError};
-use crate::tcp::{ConnId, ConnectError};
+use crate::tcp::{ConnId, ConnectError, Instant};
 
 impl Proxy {
     pub(super) fn accept(&mut self, ctx: &mut Ctx<'_>, client: ConnId, port: u16) {
         self.refresh_routes();
-        let Some(client_ip) = ctx.tuple(client).map(|t| *t.remote.ip()) else {
+        let Some(remote) = ctx.tuple(client).map(|t| t.remote) else {
             return;
         };
+        let client_ip = *remote.ip();
         ProxyStats::bump(&self.shared.stats.sessions);
         let now = ctx.now();
         let session = Session {
             client,
             client_ip,
+            client_port: remote.port(),
             port,
+            started: ctx.now(),
+            bytes_to: 0,
+            bytes_from: 0,
+            outcome: access::End::Closed,
             upstream: None,
             backend: None,
             tried: Vec::new(),
@@ -115,7 +121,8 @@ impl Proxy {
             tracing::debug!(client = %s.client_ip, port = s.port, "no backend left: client reset");
             let _ = ctx.abort(s.client);
             s.client_gone = true;
-            self.end(sid);
+            s.outcome = access::End::NoBackend;
+            self.end_at(sid, now);
             return;
         }
     }
@@ -141,7 +148,8 @@ impl Proxy {
                 ProxyStats::bump(&self.shared.stats.no_backend);
                 let _ = ctx.abort(s.client);
                 s.client_gone = true;
-                self.end(sid);
+                s.outcome = access::End::NoBackend;
+                self.end_at(sid, now);
                 continue;
             }
             // Still waiting: connect_next re-queues it (at the back) when
@@ -274,17 +282,30 @@ impl Proxy {
         s.upstream_fin = false;
         s.upstream_shut = false;
         if s.client_gone {
-            self.end(sid);
+            self.end_at(sid, ctx.now());
             return;
         }
         self.connect_next(ctx, sid);
     }
 
-    /// Forgets a session once both legs are gone (or aborts what is left).
-    pub(super) fn end(&mut self, sid: u32) {
+    /// Forgets a session once both legs are gone (or aborts what is left),
+    /// and logs it (access log) as ended at `now`.
+    pub(super) fn end_at(&mut self, sid: u32, now: Instant) {
         let Some(s) = self.sessions[sid as usize].take() else {
             return;
         };
+        if let Some(ring) = &self.access {
+            ring.push(access::Record {
+                end_us: now.as_micros(),
+                duration_us: now.saturating_duration_since(s.started).as_micros() as u64,
+                client: SocketAddrV4::new(s.client_ip, s.client_port),
+                listener: s.port,
+                backend: s.tried.last().copied(),
+                bytes_to_backend: s.bytes_to,
+                bytes_from_backend: s.bytes_from,
+                end: s.outcome,
+            });
+        }
         self.legs.remove(&s.client);
         if let Some(up) = s.upstream {
             self.legs.remove(&up);
@@ -297,12 +318,12 @@ impl Proxy {
         self.free.push(sid);
     }
 
-    pub(super) fn finish_if_done(&mut self, sid: u32) {
+    pub(super) fn finish_if_done(&mut self, sid: u32, now: Instant) {
         if let Some(s) = &self.sessions[sid as usize]
             && s.client_gone
             && (s.upstream_gone || s.upstream.is_none())
         {
-            self.end(sid);
+            self.end_at(sid, now);
         }
     }
 
@@ -320,7 +341,7 @@ impl Proxy {
                 s.upstream_gone = true;
             }
         }
-        self.end(sid);
+        self.end_at(sid, ctx.now());
     }
 
     /// Connect and idle deadlines.
@@ -338,6 +359,9 @@ impl Proxy {
                 && now.saturating_duration_since(s.last_active) >= idle
             {
                 ProxyStats::bump(&self.shared.stats.idle_timeouts);
+                if let Some(s) = self.sessions[sid as usize].as_mut() {
+                    s.outcome = access::End::Timeout;
+                }
                 self.abort_both(ctx, sid);
             }
         }
