@@ -64,6 +64,20 @@ pub struct Config {
     pub announce_grace: Duration,
     /// How `backends_dns` names are resolved (`[dns]`).
     pub dns: Dns,
+    /// The runtime API's address (`admin`); off when `None`.
+    pub admin: Option<SocketAddr>,
+    /// The bearer token the runtime API requires (`admin_token_file`,
+    /// read when the file is loaded; surrounding whitespace trimmed).
+    pub admin_token: Option<String>,
+    /// Where one JSON line per finished session goes (`access_log`).
+    pub access_log: Option<AccessLog>,
+}
+
+/// The access log's destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    Stderr,
+    File(PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -57,6 +57,51 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|m| socket_addr(&src, m, "metrics", "127.0.0.1:9900"))
         .transpose()?;
+    let admin = raw
+        .admin
+        .as_ref()
+        .map(|m| socket_addr(&src, m, "admin", "127.0.0.1:9901"))
+        .transpose()?;
+    let admin_token = match &raw.admin_token_file {
+        None => None,
+        Some(_) if admin.is_none() => {
+            return Err(src.at(
+                raw.admin_token_file.as_ref().expect("matched"),
+                "admin_token_file without admin: set admin = \"127.0.0.1:9901\" too (or drop the token file)",
+            ));
+        }
+        Some(f) => {
+            let path = resolve(file, f.get_ref());
+            let token = std::fs::read_to_string(&path).map_err(|e| {
+                src.at(
+                    f,
+                    format!("admin_token_file = {:?}: cannot read it: {e}", f.get_ref()),
+                )
+            })?;
+            let token = token.trim().to_string();
+            if token.is_empty() || token.contains(char::is_whitespace) {
+                return Err(src.at(
+                    f,
+                    format!(
+                        "admin_token_file = {:?}: the token must be one word, not empty",
+                        f.get_ref()
+                    ),
+                ));
+            }
+            Some(token)
+        }
+    };
+    let access_log = match &raw.access_log {
+        None => None,
+        Some(a) if a.get_ref().trim().is_empty() => {
+            return Err(src.at(
+                a,
+                "access_log = \"\": say \"stderr\" or a file path (or leave it out)",
+            ));
+        }
+        Some(a) if a.get_ref().trim() == "stderr" => Some(super::AccessLog::Stderr),
+        Some(a) => Some(super::AccessLog::File(resolve(file, a.get_ref().trim()))),
+    };
     let mss = match &raw.mss {
         Some(m) if *m.get_ref() < 88 => {
             return Err(src.at(
@@ -155,7 +200,20 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             None => super::Dns::default(),
             Some(d) => super::dns::section(&src, d.get_ref())?,
         },
+        admin,
+        admin_token,
+        access_log,
     })
+}
+
+/// A path from the file: relative ones are taken from the file's directory.
+fn resolve(file: &Path, path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_absolute() {
+        p
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(p)
+    }
 }
 
 fn upstream(src: &Source<'_>, u: &RawUpstream) -> Result<Upstream, ConfigError> {

@@ -9,7 +9,8 @@ impl Config {
     /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
     /// checks). Not reloadable (the datapath is built around them, restart
     /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,
-    /// `busy_poll_budget`, `metrics`, the set of
+    /// `busy_poll_budget`, `metrics`, `admin`, `admin_token_file` (its
+    /// contents too), `access_log`, the set of
     /// listener ports and everything in `[upstream]`.
     pub fn reload_check(&self, new: &Config) -> Result<(), String> {
         let restart = "restart turnstile to change it; SIGHUP reloads backends, balance, [health] and [timeouts] only";
@@ -33,6 +34,12 @@ impl Config {
         }
         if new.metrics != self.metrics {
             return Err(format!("metrics address changed: {restart}"));
+        }
+        if new.admin != self.admin || new.admin_token != self.admin_token {
+            return Err(format!("admin or admin_token_file changed: {restart}"));
+        }
+        if new.access_log != self.access_log {
+            return Err(format!("access_log changed: {restart}"));
         }
         let (mut old_ports, mut new_ports) = (self.ports(), new.ports());
         old_ports.sort_unstable();

@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub maglev_seed: Option<u64>,
     pub announce_grace_ms: Option<Spanned<u64>>,
     pub dns: Option<Spanned<RawDns>>,
+    pub admin: Option<Spanned<String>>,
+    pub admin_token_file: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

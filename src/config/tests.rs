@@ -383,3 +383,29 @@ fn backends_from_dns_srv_or_a_records() {
     assert!(e.message().contains("or set backends_dns"), "{e}");
     assert_eq!(e.line(), 3, "{e}");
 }
+
+#[test]
+fn admin_and_its_token_file() {
+    let dir = std::env::temp_dir().join(format!("turnstile-admin-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), " s3cret \n").unwrap();
+    let file = dir.join("t.toml");
+    let with = |extra: &str| Config::parse(&format!("{extra}\n{GOOD}"), &file);
+    let c = with("admin = \"127.0.0.1:9901\"\nadmin_token_file = \"token\"").unwrap();
+    assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+    let e = with("admin_token_file = \"token\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t.toml:1:") && e.contains("without admin"),
+        "{e}"
+    );
+    let e = with("admin = \"127.0.0.1:9901\"\nadmin_token_file = \"missing\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("t.toml:2:") && e.contains("cannot read"), "{e}");
+    let e = with("admin = \"localhost\"").unwrap_err().to_string();
+    assert!(e.contains("admin") && e.contains("127.0.0.1:9901"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

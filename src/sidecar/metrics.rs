@@ -14,6 +14,7 @@
 //! turnstile_proxy_queued_total, turnstile_proxy_queue_timeouts_total           counters
 //! turnstile_config_reloads_total{result}                     counter ok|failed
 //! turnstile_config_generation                                gauge   routing snapshots published
+//! turnstile_access_log_lines_total{result}                   counter written|dropped (ring full)
 //! ```
 //!
 //! A backend removed by a reload is shown while it still has connections.
@@ -195,6 +196,17 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         "Routing snapshots published (reloads and health changes).",
     );
     let _ = writeln!(out, "{name} {}", shared.routes.generation());
+    if let Some(log) = &shared.access {
+        let name = "turnstile_access_log_lines_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Access log lines written, and dropped because a shard's ring was full.",
+        );
+        let _ = writeln!(out, "{name}{{result=\"written\"}} {}", load(&log.written));
+        let _ = writeln!(out, "{name}{{result=\"dropped\"}} {}", load(&log.dropped));
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@
 //!   connections finish within `timeouts.drain_ms`, detach, return.
 
 pub mod dns;
+pub mod access_log;
+pub mod admin;
 pub mod metrics;
+pub mod overrides;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,11 +32,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::app::proxy::access::AccessLog;
 use crate::app::proxy::pool::{BackendSet, Routes};
 use crate::app::proxy::settings::BackendSettings;
 use crate::app::proxy::{Proxy, Shared};
 use crate::config::Config;
 use crate::runtime;
+use overrides::{Change, Overrides, Refused};
 
 /// How often the control thread looks at signals and health changes.
 const CONTROL_EVERY: Duration = Duration::from_millis(10);
@@ -58,21 +63,28 @@ pub struct Sidecar {
     pub reloads: Arc<Reloads>,
     generation: u64,
     health_seen: u64,
+    /// What the runtime API changed (see [`overrides`] for SIGHUP).
+    overrides: Overrides,
 }
 
 impl Sidecar {
     pub fn new(config: Config) -> Self {
         let backends = Arc::new(BackendSet::default());
         let routes = Routes::build(&config.proxy_settings(), &backends, None, 1);
+        let mut shared = Shared::new(routes);
+        if config.access_log.is_some() {
+            shared = shared.with_access_log(Arc::new(AccessLog::new(access_log::RING)));
+        }
         Sidecar {
             file: config.clone(),
             config,
             dns_sets: BTreeMap::new(),
             backends,
-            shared: Arc::new(Shared::new(routes)),
+            shared: Arc::new(shared),
             reloads: Arc::new(Reloads::default()),
             generation: 1,
             health_seen: 0,
+            overrides: Overrides::default(),
         }
     }
 
@@ -107,6 +119,15 @@ impl Sidecar {
                 .any(|l| l.port == *port && l.backends_dns.is_some())
         });
         self.file = new;
+        // API changes survive only where the new file (with the DNS
+        // answers) says the same about the backend as when they were made.
+        let dropped = self.overrides.follow_file(&self.effective().proxy_settings());
+        if !dropped.is_empty() {
+            tracing::warn!(
+                backends = dropped.join(" "),
+                "the file changed these backends: their runtime API changes are dropped"
+            );
+        }
         self.rebuild();
         Ok(())
     }
@@ -153,6 +174,25 @@ impl Sidecar {
         self.config = config;
     }
 
+    /// A runtime API change to backend `addr` of listener `port`: laid over
+    /// the file's settings and published like a reload. Returns the
+    /// generation that carries it.
+    pub fn change(
+        &mut self,
+        port: u16,
+        addr: std::net::SocketAddrV4,
+        changes: &[Change],
+    ) -> Result<u64, Refused> {
+        let file = self.config.proxy_settings();
+        for &c in changes {
+            self.overrides.set(&file, port, addr, c)?;
+        }
+        tracing::warn!(listener = port, backend = %addr, ?changes, "runtime API change");
+        let config = self.config.clone();
+        self.publish(&config);
+        Ok(self.generation)
+    }
+
     /// After health changes: rebuilds the Maglev tables if some backend's
     /// state differs from what they were built with.
     pub fn follow_health(&mut self) {
@@ -170,12 +210,9 @@ impl Sidecar {
     fn publish(&mut self, config: &Config) {
         let prev = self.shared.routes.load();
         self.generation += 1;
-        let routes = Routes::build(
-            &config.proxy_settings(),
-            &self.backends,
-            Some(&prev),
-            self.generation,
-        );
+        let mut settings = config.proxy_settings();
+        self.overrides.apply(&mut settings);
+        let routes = Routes::build(&settings, &self.backends, Some(&prev), self.generation);
         self.shared.routes.store(routes);
     }
 }
@@ -231,6 +268,30 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         sidecar.config().dns.clone(),
         dns_stats.clone(),
     );
+    // The runtime API's requests reach this thread over a channel; the
+    // sender stays alive here so the loop below can always wait on it.
+    let (api_tx, api_rx) = std::sync::mpsc::channel::<admin::Request>();
+    let api_stop = Arc::new(AtomicBool::new(false));
+    let api = match sidecar.config().admin {
+        None => None,
+        Some(addr) => Some(
+            admin::serve(
+                addr,
+                sidecar.config().admin_token.clone(),
+                sidecar.shared.clone(),
+                api_tx.clone(),
+                api_stop.clone(),
+            )
+            .with_context(|| format!("admin = \"{addr}\": cannot listen there"))?,
+        ),
+    };
+    let log_stop = Arc::new(AtomicBool::new(false));
+    let log_thread = match (&sidecar.config().access_log, &sidecar.shared.access) {
+        (Some(target), Some(log)) => {
+            Some(access_log::start(target, log.clone(), log_stop.clone())?)
+        }
+        _ => None,
+    };
     ready(&running.listening_line(&opts.ports));
 
     // After SIGTERM: /ready says 503 at once, new connections are still
@@ -286,10 +347,25 @@ pub fn run(path: &Path, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         if running.finished() {
             anyhow::bail!("every shard stopped unexpectedly");
         }
-        std::thread::sleep(CONTROL_EVERY);
+        // Waits for an API request at most CONTROL_EVERY: a change is
+        // published as soon as it arrives.
+        if let Ok(req) = api_rx.recv_timeout(CONTROL_EVERY) {
+            let result = sidecar.change(req.port, req.addr, &req.change);
+            let _ = req.reply.send(result);
+        }
     }
+    api_stop.store(true, Ordering::Relaxed);
+    if let Some(api) = api {
+        let _ = api.join();
+    }
+    drop(api_tx);
     sidecar.shared.draining.store(true, Ordering::Relaxed);
     running.drain();
+    // After the drain: the sessions it ended are logged too.
+    log_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = log_thread {
+        let _ = t.join();
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::maglev::{Maglev, TABLE_SIZE};
 use super::proxy_protocol::ProxyProtocol;
-use super::settings::{BackendSettings, Balance, Health, ProxySettings, Timeouts};
+use super::settings::{BackendSettings, BackendState, Balance, Health, ProxySettings, Timeouts};
 use crate::tcp::Instant;
 
 /// Why a connection to a backend failed.
@@ -339,9 +339,19 @@ impl Routes {
             routes,
             health: settings.health,
             timeouts: settings.timeouts,
+            // A backend in maintenance (in every listener that has it) is
+            // not checked: the operator took it out, and its checks would
+            // only log flaps while it is worked on.
             checked: settings
                 .all_backends()
                 .into_iter()
+                .filter(|&a| {
+                    settings
+                        .listeners
+                        .iter()
+                        .flat_map(|l| &l.backends)
+                        .any(|b| b.addr == a && b.state != BackendState::Maint)
+                })
                 .map(|a| set.get(a))
                 .collect(),
         }
@@ -383,10 +393,11 @@ impl Routes {
 }
 
 impl Route {
-    /// Whether backend `i` may take new sessions at all (weight above 0).
+    /// Whether backend `i` may take new sessions at all: weight above 0
+    /// and not drained or in maintenance through the runtime API.
     #[inline]
     pub fn admits(&self, i: usize) -> bool {
-        self.settings[i].weight > 0
+        self.settings[i].weight > 0 && self.settings[i].state == BackendState::Ready
     }
 
     /// Whether some primary backend is up and admitting: backups wait

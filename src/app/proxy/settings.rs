@@ -39,6 +39,39 @@ impl Balance {
 /// The largest backend weight (Maglev tables stay fair up to it).
 pub const MAX_WEIGHT: u32 = 256;
 
+/// What an operator said about a backend through the runtime API (the
+/// file cannot say it; see `sidecar::overrides`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendState {
+    /// Takes new sessions by its weight and health.
+    #[default]
+    Ready,
+    /// No new sessions; the open ones finish. Still health checked.
+    Drain,
+    /// No new sessions and no health checks (the open ones finish).
+    Maint,
+}
+
+impl BackendState {
+    pub const ALL: [BackendState; 3] = [
+        BackendState::Ready,
+        BackendState::Drain,
+        BackendState::Maint,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Ready => "ready",
+            BackendState::Drain => "drain",
+            BackendState::Maint => "maint",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<BackendState> {
+        BackendState::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
 /// One backend of a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSettings {
@@ -51,6 +84,8 @@ pub struct BackendSettings {
     pub max_connections: Option<u32>,
     /// Takes sessions only while no primary backend of the listener is up.
     pub backup: bool,
+    /// Ready unless the runtime API drained it or put it in maintenance.
+    pub state: BackendState,
 }
 
 impl BackendSettings {
@@ -60,6 +95,7 @@ impl BackendSettings {
             weight: 1,
             max_connections: None,
             backup: false,
+            state: BackendState::Ready,
         }
     }
 }
