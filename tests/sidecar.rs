@@ -810,8 +810,10 @@ print(ok, len(fails), "%.1f" % (time.time() - t), repr(fails[:3]))
         "turnstile_connect_failures_total{reason=\"no_port\"}",
     );
     eprintln!("connect attempts that waited for a port: {no_port}");
+    // A hang guard, not a speed claim (speed is bench/'s job): a loaded CI
+    // machine (a CPU hog and four builds) took 162 s here.
     assert!(
-        elapsed < Duration::from_secs(120),
+        elapsed < Duration::from_secs(900),
         "100k connections took {elapsed:?}"
     );
 }
@@ -1292,10 +1294,17 @@ fn sidecar_vip_is_announced_with_bgp_while_ready_and_withdrawn_on_sigterm() {
                 .client
                 .sh_ok(&format!("curl -s --max-time 2 http://{vip}:{LB_PORT}/"))
                 .unwrap_or_default();
+            if r.trim() != "alpha" && !has_route() {
+                // The route went between the check above and this request
+                // (the router then has no path to the VIP): the withdrawal,
+                // not a failure of the instance.
+                withdrawn_ms = Some(start.elapsed().as_millis() as u64);
+                continue;
+            }
             assert_eq!(
                 r.trim(),
                 "alpha",
-                "a new connection failed before the withdrawal"
+                "a new connection failed before the withdrawal (the route still there)"
             );
             served += 1;
         }

@@ -18,9 +18,9 @@
 //!   the route and the routers converge); then stop accepting, let
 //!   connections finish within `timeouts.drain_ms`, detach, return.
 
-pub mod dns;
 pub mod access_log;
 pub mod admin;
+pub mod dns;
 pub mod metrics;
 pub mod overrides;
 
@@ -121,7 +121,9 @@ impl Sidecar {
         self.file = new;
         // API changes survive only where the new file (with the DNS
         // answers) says the same about the backend as when they were made.
-        let dropped = self.overrides.follow_file(&self.effective().proxy_settings());
+        let dropped = self
+            .overrides
+            .follow_file(&self.effective().proxy_settings());
         if !dropped.is_empty() {
             tracing::warn!(
                 backends = dropped.join(" "),
