@@ -1279,6 +1279,27 @@ fn sidecar_vip_is_announced_with_bgp_while_ready_and_withdrawn_on_sigterm() {
         .unwrap();
     assert_eq!(out.trim(), "alpha");
 
+    // Withdrawn, and still within the grace: the instance must still take
+    // new connections, as a router that has not converged yet sends them
+    // (a static route stands in for it). The withdrawal can beat the first
+    // request through the BGP route on a loaded machine, so this is what
+    // proves the grace here.
+    let serve_after_withdrawal = || -> u32 {
+        let r = lab
+            .topo
+            .client
+            .sh_ok(&format!(
+                "ip route replace {vip}/32 via {server}; \
+                 curl -s --max-time 2 http://{vip}:{LB_PORT}/; ip route del {vip}/32 via {server} || true"
+            ))
+            .unwrap_or_default();
+        assert_eq!(
+            r.trim(),
+            "alpha",
+            "after the withdrawal, within the grace, a new connection was not served"
+        );
+        1
+    };
     // SIGTERM: withdrawn within the grace, served until then.
     let start = Instant::now();
     lab.signal(libc::SIGTERM);
@@ -1287,6 +1308,7 @@ fn sidecar_vip_is_announced_with_bgp_while_ready_and_withdrawn_on_sigterm() {
     while start.elapsed() < Duration::from_millis(grace_ms - 500) {
         if withdrawn_ms.is_none() && !has_route() {
             withdrawn_ms = Some(start.elapsed().as_millis() as u64);
+            served += serve_after_withdrawal();
         }
         if withdrawn_ms.is_none() {
             let r = lab
@@ -1299,6 +1321,7 @@ fn sidecar_vip_is_announced_with_bgp_while_ready_and_withdrawn_on_sigterm() {
                 // (the router then has no path to the VIP): the withdrawal,
                 // not a failure of the instance.
                 withdrawn_ms = Some(start.elapsed().as_millis() as u64);
+                served += serve_after_withdrawal();
                 continue;
             }
             assert_eq!(
