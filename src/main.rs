@@ -79,18 +79,8 @@ enum Command {
         /// queues); SYNs beyond are dropped, as a full backlog drops them.
         #[arg(long)]
         max_connections: Option<usize>,
-        /// Zero-copy: `auto` (the kernel's choice), `on` (ask for it; copy
-        /// mode with a warning where the driver refuses), `off` (copy mode).
-        #[arg(long, value_enum, default_value = "auto")]
-        zero_copy: ZeroCopy,
-        /// Preferred busy polling: each shard's syscalls run the driver's
-        /// poll loop for up to this many microseconds (0: off). Pair it with
-        /// the device's napi_defer_hard_irqs and gro_flush_timeout.
-        #[arg(long, default_value_t = 0)]
-        busy_poll_us: u32,
-        /// Packets one busy poll may process.
-        #[arg(long, default_value_t = 64)]
-        busy_poll_budget: u32,
+        #[command(flatten)]
+        socket: SocketArgs,
         /// Where the ISN/timestamp secret is kept across restarts (0600).
         #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
         state_dir: std::path::PathBuf,
@@ -144,18 +134,8 @@ enum Command {
         /// `Q*COUNT` for runs (e.g. `0*124,1*4`); needs --rss-key.
         #[arg(long, requires = "rss_key", value_parser = check_table)]
         rss_table: Option<String>,
-        /// Zero-copy: `auto` (the kernel's choice), `on` (ask for it; copy
-        /// mode with a warning where the driver refuses), `off` (copy mode).
-        #[arg(long, value_enum, default_value = "auto")]
-        zero_copy: ZeroCopy,
-        /// Preferred busy polling: each shard's syscalls run the driver's
-        /// poll loop for up to this many microseconds (0: off). Pair it with
-        /// the device's napi_defer_hard_irqs and gro_flush_timeout.
-        #[arg(long, default_value_t = 0)]
-        busy_poll_us: u32,
-        /// Packets one busy poll may process.
-        #[arg(long, default_value_t = 64)]
-        busy_poll_budget: u32,
+        #[command(flatten)]
+        socket: SocketArgs,
         /// Where the ISN/timestamp secret is kept across restarts (0600).
         #[arg(long, default_value = turnstile::state::DEFAULT_STATE_DIR)]
         state_dir: std::path::PathBuf,
@@ -176,12 +156,32 @@ enum Command {
     Demo,
 }
 
-/// Busy polling as the flags ask: off at 0 microseconds.
-fn busy_poll(usecs: u32, budget: u32) -> Option<BusyPoll> {
-    (usecs > 0).then_some(BusyPoll {
-        usecs,
-        budget: budget.max(1),
-    })
+/// How the AF_XDP sockets are bound (`serve` and `load` alike).
+#[derive(clap::Args)]
+struct SocketArgs {
+    /// Zero-copy: `auto` (the kernel's choice), `on` (ask for it; copy
+    /// mode with a warning where the driver refuses), `off` (copy mode).
+    #[arg(long, value_enum, default_value = "auto")]
+    zero_copy: ZeroCopy,
+    /// Preferred busy polling: each shard's syscalls run the driver's
+    /// poll loop for up to this many microseconds (0: off). Pair it with
+    /// the device's napi_defer_hard_irqs and gro_flush_timeout.
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u32,
+    /// Packets one busy poll may process.
+    #[arg(long, default_value_t = 64)]
+    busy_poll_budget: u32,
+}
+
+impl SocketArgs {
+    fn apply(&self, opts: &mut StackOptions) {
+        opts.zero_copy = self.zero_copy;
+        // Off at 0 microseconds.
+        opts.busy_poll = (self.busy_poll_us > 0).then_some(BusyPoll {
+            usecs: self.busy_poll_us,
+            budget: self.busy_poll_budget.max(1),
+        });
+    }
 }
 
 /// A switch given on the command line.
@@ -240,15 +240,12 @@ fn main() -> ExitCode {
             rss_key,
             rss_table,
             max_connections,
-            zero_copy,
-            busy_poll_us,
-            busy_poll_budget,
+            socket,
             state_dir,
             xdp_syn_cookies,
         } => {
             let mut opts = StackOptions::new(&iface, port);
-            opts.zero_copy = zero_copy;
-            opts.busy_poll = busy_poll(busy_poll_us, busy_poll_budget);
+            socket.apply(&mut opts);
             opts.xdp_syn_cookies = xdp_syn_cookies == OnOff::On;
             opts.mss = mss;
             opts.rss = rss_option(rss_key, rss_table);
@@ -276,16 +273,13 @@ fn main() -> ExitCode {
             timeout_s,
             rss_key,
             rss_table,
-            zero_copy,
-            busy_poll_us,
-            busy_poll_budget,
+            socket,
             state_dir,
         } => {
             // The load generator listens on nothing: only its active-open
             // range is steered.
             let mut opts = StackOptions::new(&iface, Vec::new());
-            opts.zero_copy = zero_copy;
-            opts.busy_poll = busy_poll(busy_poll_us, busy_poll_budget);
+            socket.apply(&mut opts);
             opts.listen = false;
             opts.rss = rss_option(rss_key, rss_table);
             opts.active_ports = local_ports;
