@@ -72,6 +72,23 @@ fn accepted(inst: &common::fleet::Instance) -> u64 {
     metric(&inst.metrics(), "turnstile_connections_accepted_total")
 }
 
+/// The accepted count once it stopped moving: shards publish their counters
+/// every 50 ms, so a scrape right after the last connection can miss it (a
+/// fresh-clone run under load saw 48 of 50). Two equal reads 150 ms apart,
+/// at most 3 s.
+fn settled_accepted(inst: &common::fleet::Instance) -> u64 {
+    let mut last = accepted(inst);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(150));
+        let now = accepted(inst);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 fn birdc(ctl: &std::path::Path, what: &str) {
     let out = Command::new("birdc")
         .arg("-s")
@@ -179,9 +196,9 @@ fn two_instances_behind_ecmp_agree_on_backends_and_hand_over_on_sigterm() {
             "forcing {only}: {}",
             f.vip_route()
         );
-        let (a0, b0) = (accepted(&f.a), accepted(&f.b));
+        let (a0, b0) = (settled_accepted(&f.a), settled_accepted(&f.b));
         let map = backend_per_client(&f);
-        let (a1, b1) = (accepted(&f.a), accepted(&f.b));
+        let (a1, b1) = (settled_accepted(&f.a), settled_accepted(&f.b));
         assert_eq!(map.len(), 50, "{map:?}");
         if only == 'a' {
             assert!(a1 - a0 >= 50 && b1 == b0, "a {a0}->{a1}, b {b0}->{b1}");
@@ -200,11 +217,11 @@ fn two_instances_behind_ecmp_agree_on_backends_and_hand_over_on_sigterm() {
     let spread: std::collections::BTreeSet<&String> = via[0].values().collect();
     assert_eq!(spread.len(), 3, "50 clients over 3 backends: {spread:?}");
     // Both paths at once: the router spreads flows, the backends stay.
-    let (a0, b0) = (accepted(&f.a), accepted(&f.b));
+    let (a0, b0) = (settled_accepted(&f.a), settled_accepted(&f.b));
     for _ in 0..2 {
         assert_eq!(backend_per_client(&f), via[0]);
     }
-    let (a1, b1) = (accepted(&f.a), accepted(&f.b));
+    let (a1, b1) = (settled_accepted(&f.a), settled_accepted(&f.b));
     eprintln!(
         "ECMP: {} of 100 new flows via a, {} via b, every client on its backend",
         a1 - a0,
