@@ -49,6 +49,8 @@ impl Config {
                     backends: l.backends.clone(),
                     slow_start: l.slow_start,
                     proxy_protocol: l.proxy_protocol,
+                    accept_proxy: l.accept_proxy,
+                    retries: l.retries,
                 })
                 .collect(),
             health: self.health,

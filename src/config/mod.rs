@@ -93,6 +93,10 @@ pub struct Listener {
     pub max_connections: Option<usize>,
     pub slow_start: Duration,
     pub proxy_protocol: ProxyProtocol,
+    /// Expect a PROXY header from a balancer in front (`accept_proxy`).
+    pub accept_proxy: bool,
+    /// Other backends a session tries at most (`retries`).
+    pub retries: Option<u32>,
     /// Backends published in DNS, resolved off the shards and added to
     /// `backends` (see `sidecar::dns`).
     pub backends_dns: Option<DnsName>,

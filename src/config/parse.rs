@@ -262,6 +262,12 @@ fn health(src: &Source<'_>, h: &RawHealth) -> Result<Health, ConfigError> {
         timeout,
         fall: at_least_one(src, h.fall.as_ref(), "health.fall", defaults.fall)?,
         rise: at_least_one(src, h.rise.as_ref(), "health.rise", defaults.rise)?,
+        // 0 (or absent): passive health off.
+        passive_fall: h
+            .passive_fall
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .filter(|&n| n > 0),
     })
 }
 
@@ -275,11 +281,7 @@ fn timeouts(src: &Source<'_>, t: &RawTimeouts) -> Result<Timeouts, ConfigError> 
             1,
             defaults.connect,
         )?,
-        idle: match &t.idle_ms {
-            None => defaults.idle,
-            Some(v) if *v.get_ref() == 0 => None,
-            Some(v) => Some(Duration::from_millis(*v.get_ref())),
-        },
+        idle: optional_millis(t.idle_ms.as_ref(), defaults.idle),
         drain: millis(
             src,
             t.drain_ms.as_ref(),
@@ -287,7 +289,25 @@ fn timeouts(src: &Source<'_>, t: &RawTimeouts) -> Result<Timeouts, ConfigError> 
             0,
             defaults.drain,
         )?,
+        client_fin: optional_millis(t.client_fin_ms.as_ref(), defaults.client_fin),
+        max_session: optional_millis(t.max_session_ms.as_ref(), defaults.max_session),
+        proxy_header: millis(
+            src,
+            t.proxy_header_ms.as_ref(),
+            "timeouts.proxy_header_ms",
+            1,
+            defaults.proxy_header,
+        )?,
     })
+}
+
+/// Milliseconds where 0 means "no bound".
+fn optional_millis(v: Option<&Spanned<u64>>, default: Option<Duration>) -> Option<Duration> {
+    match v {
+        None => default,
+        Some(v) if *v.get_ref() == 0 => None,
+        Some(v) => Some(Duration::from_millis(*v.get_ref())),
+    }
 }
 
 /// One `[[listener]]`, checked against the upstream range and the
@@ -423,7 +443,24 @@ fn listener(
             )
         })?,
     };
+    let retries = match &l.retries {
+        Some(r) if backends_dns.is_none() && *r.get_ref() as usize >= backends.len().max(1) => {
+            return Err(src.at(
+                r,
+                format!(
+                    "listener.retries = {}: listener {port} has {} backend(s), so at most {} other(s) to try (or leave it out: each backend once)",
+                    r.get_ref(),
+                    backends.len(),
+                    backends.len().saturating_sub(1)
+                ),
+            ));
+        }
+        Some(r) => Some(*r.get_ref()),
+        None => None,
+    };
     Ok(Listener {
+        accept_proxy: l.accept_proxy.unwrap_or(false),
+        retries,
         address,
         port,
         balance,

@@ -5,7 +5,8 @@ use super::Config;
 impl Config {
     /// Whether `new` may replace `self` in a running sidecar.
     ///
-    /// Reloadable (SIGHUP): each listener's backends, `backends_dns` and balance, `[dns]`, `[health]`,
+    /// Reloadable (SIGHUP): each listener's backends, `backends_dns`, balance, `proxy_protocol`,
+    /// `accept_proxy`, `retries` and `slow_start_ms`, `[dns]`, `[health]`,
     /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
     /// checks). Not reloadable (the datapath is built around them, restart
     /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,

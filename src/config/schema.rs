@@ -45,6 +45,8 @@ pub struct RawListener {
     pub backends_dns: Option<Spanned<String>>,
     pub slow_start_ms: Option<Spanned<u64>>,
     pub proxy_protocol: Option<Spanned<String>>,
+    pub accept_proxy: Option<bool>,
+    pub retries: Option<Spanned<u32>>,
 }
 
 /// A backend: `"ip:port"` or `{ addr = "ip:port", weight = 3, ... }`.
@@ -110,6 +112,7 @@ pub struct RawHealth {
     pub timeout_ms: Option<Spanned<u64>>,
     pub fall: Option<Spanned<u32>>,
     pub rise: Option<Spanned<u32>>,
+    pub passive_fall: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +121,9 @@ pub struct RawTimeouts {
     pub connect_ms: Option<Spanned<u64>>,
     pub idle_ms: Option<Spanned<u64>>,
     pub drain_ms: Option<Spanned<u64>>,
+    pub client_fin_ms: Option<Spanned<u64>>,
+    pub max_session_ms: Option<Spanned<u64>>,
+    pub proxy_header_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

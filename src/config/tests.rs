@@ -409,3 +409,63 @@ fn admin_and_its_token_file() {
     assert!(e.contains("admin") && e.contains("127.0.0.1:9901"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn accept_proxy_retries_passive_fall_and_the_session_timeouts() {
+    let text = good_with(
+        "port = 443\n",
+        "port = 443\naccept_proxy = true\nretries = 0\n",
+    )
+    .replacen(
+        "[[listener]]\nport = 80\n",
+        "[[listener]]\nport = 80\nretries = 1\n",
+        1,
+    ) + "passive_fall = 5\n[timeouts]\nclient_fin_ms = 30000\nmax_session_ms = 0\nproxy_header_ms = 800\n";
+    let c = parse(&text).unwrap();
+    let (l80, l443) = (&c.listeners[0], &c.listeners[1]);
+    assert_eq!((l80.accept_proxy, l80.retries), (false, Some(1)));
+    assert_eq!((l443.accept_proxy, l443.retries), (true, Some(0)));
+    assert_eq!(c.health.passive_fall, Some(5));
+    assert_eq!(c.timeouts.client_fin, Some(Duration::from_secs(30)));
+    assert_eq!(c.timeouts.max_session, None);
+    assert_eq!(c.timeouts.proxy_header, Duration::from_millis(800));
+    let p = c.proxy_settings();
+    assert!(p.listeners[1].accept_proxy);
+    assert_eq!(p.listeners[0].retries, Some(1));
+    // Defaults: off, each backend once, no bounds, 5 s for the header.
+    let d = parse(GOOD).unwrap();
+    assert_eq!(
+        (d.listeners[0].accept_proxy, d.listeners[0].retries),
+        (false, None)
+    );
+    assert_eq!(d.health.passive_fall, None);
+    assert_eq!(
+        (
+            d.timeouts.client_fin,
+            d.timeouts.max_session,
+            d.timeouts.proxy_header
+        ),
+        (None, None, Duration::from_secs(5))
+    );
+    // Reloadable: they are routing, not datapath.
+    assert!(d.reload_check(&c).is_ok());
+    // Mistakes, named at their line.
+    let e = err(&good_with("port = 443\n", "port = 443\nretries = 1\n"));
+    assert!(
+        e.message().contains("listener.retries = 1")
+            && e.message().contains("1 backend(s), so at most 0"),
+        "{e}"
+    );
+    assert_eq!(e.line(), 13, "{e}");
+    let e = err(&good_with(
+        "port = 443\n",
+        "port = 443\naccept_proxy = \"yes\"\n",
+    ));
+    assert!(e.message().contains("accept_proxy"), "{e}");
+    let e = err(&(GOOD.to_string() + "[timeouts]\nproxy_header_ms = 0\n"));
+    assert!(
+        e.message()
+            .contains("timeouts.proxy_header_ms = 0: must be at least 1"),
+        "{e}"
+    );
+}

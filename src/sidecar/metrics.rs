@@ -9,9 +9,13 @@
 //! turnstile_backend_failures_total{backend,reason}           counter refused|timeout|reset|no_port|unreachable
 //! turnstile_backend_bytes_total{backend,direction}           counter to_backend|from_backend
 //! turnstile_backend_health_checks_total{backend,result}      counter ok|failed
+//! turnstile_backend_passive_ejections_total{backend}         counter ejected by passive_fall
 //! turnstile_proxy_sessions_total, turnstile_proxy_retries_total, turnstile_proxy_no_backend_total,
 //! turnstile_proxy_idle_timeouts_total, turnstile_proxy_resets_propagated_total,
-//! turnstile_proxy_queued_total, turnstile_proxy_queue_timeouts_total           counters
+//! turnstile_proxy_queued_total, turnstile_proxy_queue_timeouts_total,
+//! turnstile_proxy_retries_exhausted_total                                      counters
+//! turnstile_proxy_session_timeouts_total{reason}             counter idle|client_fin|max_session
+//! turnstile_proxy_headers_total{result}                      counter accept_proxy: accepted|invalid|unsupported|timeout|closed
 //! turnstile_config_reloads_total{result}                     counter ok|failed
 //! turnstile_config_generation                                gauge   routing snapshots published
 //! turnstile_access_log_lines_total{result}                   counter written|dropped (ring full)
@@ -138,6 +142,14 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         );
     }
 
+    per_backend(
+        out,
+        "turnstile_backend_passive_ejections_total",
+        "counter",
+        "Times passive health (passive_fall failed connects on client sessions in a row) ejected the backend.",
+        &|b| load(&b.passive_ejections),
+    );
+
     let s = &shared.stats;
     for (name, help, c) in [
         (
@@ -175,9 +187,44 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
             "Queued clients reset after connect_ms without a backend slot (or at once: queue full).",
             &s.queue_timeouts,
         ),
+        (
+            "turnstile_proxy_retries_exhausted_total",
+            "Clients reset because the listener's retries other backends failed too.",
+            &s.retries_exhausted,
+        ),
     ] {
         family(out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", load(c));
+    }
+    let name = "turnstile_proxy_session_timeouts_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Sessions reset on both legs by a timeout, by which: idle_ms, client_fin_ms (half-closed), max_session_ms.",
+    );
+    for (reason, c) in [
+        ("idle", &s.idle_timeouts),
+        ("client_fin", &s.client_fin_timeouts),
+        ("max_session", &s.max_session_timeouts),
+    ] {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", load(c));
+    }
+    let name = "turnstile_proxy_headers_total";
+    family(
+        out,
+        name,
+        "counter",
+        "PROXY headers on accept_proxy listeners: accepted, or the client reset because the header was invalid, unsupported (IPv6, UNIX), not complete within proxy_header_ms (timeout), or missing when the client closed.",
+    );
+    for (result, c) in [
+        ("accepted", &s.headers_accepted),
+        ("invalid", &s.headers_invalid),
+        ("unsupported", &s.headers_unsupported),
+        ("timeout", &s.headers_timeout),
+        ("closed", &s.headers_closed),
+    ] {
+        let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", load(c));
     }
     let name = "turnstile_config_reloads_total";
     family(

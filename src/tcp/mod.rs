@@ -76,6 +76,8 @@ pub use reset::reset_for;
 pub use state::State;
 pub use stats::Stats;
 pub use time::Instant;
+// Reused by the proxy app for its per-session deadlines.
+pub(crate) use timer::TimerQueue;
 
 #[cfg(test)]
 mod tests;

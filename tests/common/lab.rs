@@ -352,3 +352,37 @@ def get(src=None, path="/", timeout=5):
     finally:
         s.close()
 "#;
+
+/// How often each word occurs in `out` (backend names in a client's output).
+pub fn counts(out: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for w in out.split_whitespace() {
+        *m.entry(w.to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Many concurrent GETs through the sidecar (asyncio, `conc` at a time);
+/// prints the backend names, and the errors on stderr.
+pub const MANY_PY: &str = r#"
+import asyncio
+async def one(sem, path):
+    async with sem:
+        r, w = await asyncio.wait_for(asyncio.open_connection(*LB), 30)
+        try:
+            w.write(b"GET %s HTTP/1.1\r\nHost: lb\r\n\r\n" % path.encode())
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+            body = await asyncio.wait_for(r.readexactly(n), 30)
+            return body.decode().strip()
+        finally:
+            w.close()
+async def main(total, conc):
+    sem = asyncio.Semaphore(conc)
+    return await asyncio.gather(*[one(sem, "/") for _ in range(total)], return_exceptions=True)
+def many(total, conc):
+    res = asyncio.run(main(total, conc))
+    bad = [type(r).__name__ for r in res if not isinstance(r, str)]
+    print(" ".join(r for r in res if isinstance(r, str)))
+    print("errors", len(bad), " ".join(sorted(set(bad))))
+"#;

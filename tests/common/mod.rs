@@ -6,6 +6,7 @@ pub mod capture;
 pub mod dnsmasq;
 pub mod fleet;
 pub mod lab;
+pub mod peers;
 pub mod xdp_pass;
 
 use std::process::{Child, Stdio};

@@ -21,8 +21,15 @@ pub enum End {
     BackendReset,
     /// Reset by us for inactivity (`idle_ms`).
     Timeout,
-    /// No backend could be connected (or none had a slot in time).
+    /// No backend could be connected (or none had a slot in time, or
+    /// `retries` other backends failed too).
     NoBackend,
+    /// Reset by us: half-closed and inactive for `client_fin_ms`.
+    ClientFinTimeout,
+    /// Reset by us at `max_session_ms`.
+    MaxSession,
+    /// `accept_proxy`: no valid PROXY header in time.
+    BadProxyHeader,
 }
 
 impl End {
@@ -33,6 +40,9 @@ impl End {
             End::BackendReset => "reset_by_backend",
             End::Timeout => "timeout",
             End::NoBackend => "no_backend",
+            End::ClientFinTimeout => "timeout_client_fin",
+            End::MaxSession => "timeout_max_session",
+            End::BadProxyHeader => "bad_proxy_header",
         }
     }
 }

@@ -26,12 +26,12 @@ impl Proxy {
         let routes = self.routes.clone();
         let draining = self.shared.draining.load(Ordering::Relaxed);
         // Forget backends no longer ours to check.
+        // Linear in the backends: the snapshot indexes them by address.
         self.probes.retain(|addr, probe| {
             let mine = routes
-                .checked
-                .iter()
-                .position(|b| b.addr == *addr)
-                .is_some_and(|i| i % self.shards == self.shard);
+                .checked_index
+                .get(addr)
+                .is_some_and(|&i| i % self.shards == self.shard);
             if !mine && let Some((id, _)) = probe.pending {
                 let _ = ctx.abort(id);
                 self.probe_ids.remove(&id);
@@ -49,6 +49,13 @@ impl Proxy {
                 next_at: now.saturating_add(h.interval.mul_f64((i as f64 * 0.37).fract())),
                 pending: None,
             });
+            // Passive health (another shard's client sessions) or the API
+            // may have changed the backend behind this state machine: it
+            // follows, so `rise` good checks readmit a passively ejected
+            // backend.
+            if probe.state.is_up() != backend.is_up() {
+                probe.state = HealthState::new(backend.is_up());
+            }
             if let Some((id, deadline)) = probe.pending {
                 if now >= deadline {
                     let _ = ctx.abort(id);
@@ -101,8 +108,8 @@ impl Proxy {
             // Counted with the backend's failures too: a health check that
             // finds no next hop is the first sign of a dead host.
             Event::Unreachable => {
-                if let Some(b) = self.routes.checked.iter().find(|b| b.addr == addr) {
-                    b.failed(Failure::Unreachable);
+                if let Some(&i) = self.routes.checked_index.get(&addr) {
+                    self.routes.checked[i].failed(Failure::Unreachable);
                 }
                 false
             }
@@ -114,7 +121,12 @@ impl Proxy {
             // recycled like any other).
             let _ = ctx.close(id);
         }
-        let Some(backend) = self.routes.checked.iter().find(|b| b.addr == addr).cloned() else {
+        let Some(backend) = self
+            .routes
+            .checked_index
+            .get(&addr)
+            .map(|&i| self.routes.checked[i].clone())
+        else {
             return;
         };
         let Some(probe) = self.probes.get_mut(&addr) else {
@@ -154,6 +166,9 @@ fn record(
         &backend.checks_failed
     };
     Backend::add(counter, 1);
+    if probe.state.is_up() != backend.is_up() {
+        probe.state = HealthState::new(backend.is_up());
+    }
     match probe.state.record(ok, h.fall, h.rise) {
         Some(Transition::Down) => {
             backend.set_up(false);

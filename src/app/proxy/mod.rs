@@ -16,13 +16,22 @@
 //!   every byte before it has been relayed. Resets: a RST (or timeout) on
 //!   one leg aborts the other.
 //! - Retries: an upstream that refuses, times out or resets before any byte
-//!   was relayed is replaced by another backend; when none is left the
-//!   client is reset.
+//!   was relayed is replaced by another backend, at most `retries` times
+//!   (default: each backend once); then the client is reset. With
+//!   `passive_fall`, failed connects on client sessions eject a backend.
+//! - `accept_proxy`: the session first reads the PROXY header of the
+//!   balancer in front (see [`header`]); the client it names is the
+//!   session's client for the backend choice, the header sent upstream and
+//!   the access log.
+//! - Deadlines (PROXY header, connect, idle, half-close, lifetime) are
+//!   per-session entries in a timer heap ([`timers`]): a tick touches only
+//!   the sessions whose deadline is due, never every session.
 //! - Health checks: each shard checks its share of the backends with TCP
 //!   connects (see [`health`]); results flip the backend's shared `up` flag.
 //!
-//! Layout: `session` (lifecycle, backend choice, waits, retries,
-//! deadlines), `relay` (bytes and leg events), `checks` (health check
+//! Layout: `session` (lifecycle, backend choice, waits, retries),
+//! `header` (the PROXY header accepted from a balancer), `timers`
+//! (deadlines), `relay` (bytes and leg events), `checks` (health check
 //! scheduling); routing data in `pool`, `balance`, `maglev`.
 
 pub mod access;
@@ -36,8 +45,10 @@ pub mod settings;
 mod tests;
 
 mod checks;
+mod header;
 mod relay;
 mod session;
+mod timers;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -48,11 +59,12 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use super::{App, Ctx};
-use crate::tcp::{ConnId, Event, Instant};
+use crate::tcp::{ConnId, Event, Instant, TimerQueue};
 use checks::Probe;
 use pool::{RouteCell, Routes, Slot};
 
-/// How often deadlines (connect, idle, health checks) are looked at.
+/// How often health checks, slot waiters and blocked directions are
+/// looked at (session deadlines are timers, see [`timers`]).
 const SCAN_EVERY: Duration = Duration::from_millis(5);
 
 /// Sessions waiting for a local port try again when the engine says a
@@ -82,6 +94,21 @@ pub struct ProxyStats {
     /// Of those, reset after `connect_ms` without a slot, or at once
     /// because the queue was full.
     pub queue_timeouts: AtomicU64,
+    /// Clients reset because `retries` other backends failed too.
+    pub retries_exhausted: AtomicU64,
+    /// Sessions reset after `client_fin_ms` half-closed and inactive.
+    pub client_fin_timeouts: AtomicU64,
+    /// Sessions reset at `max_session_ms`.
+    pub max_session_timeouts: AtomicU64,
+    /// `accept_proxy`: headers accepted, and connections reset for a
+    /// header that was not valid, was valid but for what we cannot carry
+    /// (IPv6, UNIX), did not complete within `proxy_header_ms`, or did not
+    /// come before the client closed.
+    pub headers_accepted: AtomicU64,
+    pub headers_invalid: AtomicU64,
+    pub headers_unsupported: AtomicU64,
+    pub headers_timeout: AtomicU64,
+    pub headers_closed: AtomicU64,
 }
 
 impl ProxyStats {
@@ -176,9 +203,23 @@ enum Leg {
 /// One proxied connection.
 struct Session {
     client: ConnId,
+    /// The client: the connection's peer, or the one the balancer's PROXY
+    /// header names (`accept_proxy`).
     client_ip: Ipv4Addr,
     client_port: u16,
+    /// What the client connected to (likewise), for the header sent upstream.
+    dst: SocketAddrV4,
     port: u16,
+    /// Tells this session from a later one in the same slot (timer entries).
+    serial: u32,
+    /// The live timer entry's deadline (see [`timers`]).
+    timer: Option<Instant>,
+    /// `accept_proxy`: the header being read, until it is complete.
+    header: Option<Box<header::HeaderBuf>>,
+    /// Client bytes read with the header, sent upstream first.
+    early: Option<Box<[u8]>>,
+    /// When the first FIN (either leg) arrived, for `client_fin_ms`.
+    half_closed_at: Option<Instant>,
     /// When it was accepted (for the access log's duration).
     started: Instant,
     /// Bytes relayed client -> backend and back.
@@ -239,6 +280,9 @@ pub struct Proxy {
     probe_ids: FxHashMap<ConnId, SocketAddrV4>,
     scratch: Box<[u8]>,
     next_scan: Instant,
+    /// Session deadlines: one live entry per session.
+    timers: TimerQueue,
+    next_serial: u32,
 }
 
 impl Proxy {
@@ -264,6 +308,8 @@ impl Proxy {
             probe_ids: FxHashMap::default(),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             next_scan: Instant::ZERO,
+            timers: TimerQueue::default(),
+            next_serial: 0,
         }
     }
 
@@ -278,8 +324,14 @@ impl Proxy {
     #[inline]
     fn refresh_routes(&mut self) {
         if self.shared.routes.generation() != self.routes.generation {
+            let before = self.routes.timeouts;
             self.routes = self.shared.routes.load();
             self.seen.store(self.routes.generation, Ordering::Release);
+            if self.routes.timeouts != before {
+                // A reload changed a timeout: every session's deadline
+                // again (once per such reload, not per tick).
+                self.rearm_all();
+            }
         }
     }
 }
@@ -295,6 +347,8 @@ impl App for Proxy {
                 Leg::Client => self.on_client(ctx, sid, event),
                 Leg::Upstream => self.on_upstream(ctx, sid, event),
             }
+            // A deadline may have come closer (connected, half-closed).
+            self.arm(sid);
         } else if let Some(&addr) = self.probe_ids.get(&id) {
             self.on_probe(ctx, id, addr, event);
         }
@@ -309,6 +363,9 @@ impl App for Proxy {
             // one per busy backend per retry.
             self.retry_port_waiters(ctx);
         }
+        // Only the sessions whose deadline is due: a peek at the heap's
+        // top when none is.
+        self.fire_timers(ctx);
         let now = ctx.now();
         if now >= self.next_scan {
             self.next_scan = now.saturating_add(SCAN_EVERY);
@@ -316,7 +373,6 @@ impl App for Proxy {
                 self.retry_slot_waiters(ctx);
             }
             self.unblock(ctx);
-            self.check_deadlines(ctx);
             self.check_health(ctx);
         }
     }

@@ -9,7 +9,7 @@
 //! per loop pass and swap their `Arc`.
 
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use std::time::Duration;
@@ -18,6 +18,7 @@ use super::maglev::{Maglev, TABLE_SIZE};
 use super::proxy_protocol::ProxyProtocol;
 use super::settings::{BackendSettings, BackendState, Balance, Health, ProxySettings, Timeouts};
 use crate::tcp::Instant;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Why a connection to a backend failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +80,11 @@ pub struct Backend {
     /// When it last came up (microseconds of the shards' clock; 0: up
     /// since start), for slow start.
     up_since: AtomicU64,
+    /// Consecutive failed connects on client sessions (any shard), for
+    /// `passive_fall`; a connect that completes clears it.
+    passive_streak: AtomicU32,
+    /// Times passive health ejected it.
+    pub passive_ejections: AtomicU64,
 }
 
 impl Backend {
@@ -96,6 +102,24 @@ impl Backend {
             checks_failed: AtomicU64::new(0),
             slots: AtomicU64::new(0),
             up_since: AtomicU64::new(0),
+            passive_streak: AtomicU32::new(0),
+            passive_ejections: AtomicU64::new(0),
+        }
+    }
+
+    /// A connect from a client session failed: true when this makes
+    /// `fall` in a row and the backend was up (the caller ejects it; one
+    /// caller wins the race between shards).
+    pub fn passive_failure(&self, fall: u32) -> bool {
+        let streak = self.passive_streak.fetch_add(1, Ordering::AcqRel) + 1;
+        streak >= fall && self.up.swap(false, Ordering::AcqRel)
+    }
+
+    /// A connect from a client session completed.
+    #[inline]
+    pub fn passive_success(&self) {
+        if self.passive_streak.load(Ordering::Relaxed) != 0 {
+            self.passive_streak.store(0, Ordering::Relaxed);
         }
     }
 
@@ -151,6 +175,10 @@ impl Backend {
     }
 
     pub fn set_up(&self, up: bool) {
+        if up {
+            // Readmitted: passive health counts afresh.
+            self.passive_streak.store(0, Ordering::Relaxed);
+        }
         self.up.store(up, Ordering::Relaxed);
     }
 
@@ -210,18 +238,25 @@ impl Drop for Slot {
 
 /// Every backend the sidecar has known, by address; the same `Arc` across
 /// reloads, so counters and health survive them.
+/// Kept in first-seen order (metrics list them so) beside an index by
+/// address, so building a snapshot is linear in the backends.
 #[derive(Default)]
 pub struct BackendSet {
-    all: Mutex<Vec<Arc<Backend>>>,
+    all: Mutex<Known>,
 }
+
+/// The backends in first-seen order and each one's index by address.
+type Known = (Vec<Arc<Backend>>, FxHashMap<SocketAddrV4, usize>);
 
 impl BackendSet {
     pub fn get(&self, addr: SocketAddrV4) -> Arc<Backend> {
-        let mut all = self.all.lock().expect("backend set lock");
-        if let Some(b) = all.iter().find(|b| b.addr == addr) {
-            return b.clone();
+        let mut guard = self.all.lock().expect("backend set lock");
+        let (all, index) = &mut *guard;
+        if let Some(&i) = index.get(&addr) {
+            return all[i].clone();
         }
         let b = Arc::new(Backend::new(addr));
+        index.insert(addr, all.len());
         all.push(b.clone());
         b
     }
@@ -229,17 +264,20 @@ impl BackendSet {
     /// Marks which backends the running configuration lists; forgets the
     /// others once no connection uses them.
     pub fn retain_configured(&self, configured: &[SocketAddrV4]) {
-        let mut all = self.all.lock().expect("backend set lock");
+        let configured: FxHashSet<SocketAddrV4> = configured.iter().copied().collect();
+        let mut guard = self.all.lock().expect("backend set lock");
+        let (all, index) = &mut *guard;
         for b in all.iter() {
             b.configured
                 .store(configured.contains(&b.addr), Ordering::Relaxed);
         }
         all.retain(|b| b.is_configured() || b.active.load(Ordering::Relaxed) > 0);
+        *index = all.iter().enumerate().map(|(i, b)| (b.addr, i)).collect();
     }
 
     /// A copy of the list (for metrics).
     pub fn snapshot(&self) -> Vec<Arc<Backend>> {
-        self.all.lock().expect("backend set lock").clone()
+        self.all.lock().expect("backend set lock").0.clone()
     }
 }
 
@@ -254,6 +292,10 @@ pub struct Route {
     pub slow_start: Duration,
     /// The PROXY header sent upstream.
     pub proxy_protocol: ProxyProtocol,
+    /// A PROXY header is expected from the balancer in front.
+    pub accept_proxy: bool,
+    /// Other backends a session tries at most (`None`: each once).
+    pub retries: Option<u32>,
     /// For `round-robin`: primary backend indices in smooth weighted
     /// round-robin order, each `weight` times (weight 0: absent).
     pub schedule: Vec<u32>,
@@ -277,6 +319,8 @@ pub struct Routes {
     /// Every configured backend, once; shard `s` checks those at indices
     /// `i % shards == s`.
     pub checked: Vec<Arc<Backend>>,
+    /// The index in `checked` of each address.
+    pub checked_index: FxHashMap<SocketAddrV4, usize>,
 }
 
 impl Routes {
@@ -303,6 +347,8 @@ impl Routes {
                     settings: l.backends.clone(),
                     slow_start: l.slow_start,
                     proxy_protocol: l.proxy_protocol,
+                    accept_proxy: l.accept_proxy,
+                    retries: l.retries,
                     schedule: smooth_schedule(&l.backends, false),
                     backup_schedule: smooth_schedule(&l.backends, true),
                     maglev: None,
@@ -318,42 +364,45 @@ impl Routes {
                         .map(|&i| (route.backends[i].addr, route.settings[i].weight.max(1)))
                         .collect();
                     let table = Maglev::build(&set, TABLE_SIZE, settings.maglev_seed);
-                    let index = table
-                        .backends()
+                    let at: FxHashMap<SocketAddrV4, usize> = route
+                        .backends
                         .iter()
-                        .map(|a| {
-                            route
-                                .backends
-                                .iter()
-                                .position(|b| b.addr == *a)
-                                .expect("a table backend is a route backend")
-                        })
+                        .enumerate()
+                        .map(|(i, b)| (b.addr, i))
                         .collect();
+                    let index = table.backends().iter().map(|a| at[a]).collect();
                     route.maglev = Some((table, index));
                 }
                 route
             })
+            .collect();
+        // A backend in maintenance (in every listener that has it) is not
+        // checked: the operator took it out, and its checks would only log
+        // flaps while it is worked on.
+        let in_service: FxHashSet<SocketAddrV4> = settings
+            .listeners
+            .iter()
+            .flat_map(|l| &l.backends)
+            .filter(|b| b.state != BackendState::Maint)
+            .map(|b| b.addr)
+            .collect();
+        let checked: Vec<Arc<Backend>> = settings
+            .all_backends()
+            .into_iter()
+            .filter(|a| in_service.contains(a))
+            .map(|a| set.get(a))
             .collect();
         Routes {
             generation,
             routes,
             health: settings.health,
             timeouts: settings.timeouts,
-            // A backend in maintenance (in every listener that has it) is
-            // not checked: the operator took it out, and its checks would
-            // only log flaps while it is worked on.
-            checked: settings
-                .all_backends()
-                .into_iter()
-                .filter(|&a| {
-                    settings
-                        .listeners
-                        .iter()
-                        .flat_map(|l| &l.backends)
-                        .any(|b| b.addr == a && b.state != BackendState::Maint)
-                })
-                .map(|a| set.get(a))
+            checked_index: checked
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.addr, i))
                 .collect(),
+            checked,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Moving bytes between a session's two legs, and what each leg's events
 //! mean for the session (half-close, resets, the PROXY header).
 
+use std::net::SocketAddrV4;
+
 use super::pool::{Backend, Failure};
 use super::proxy_protocol::{self, ProxyProtocol};
 use super::{Leg, Proxy, ProxyStats, Session, access};
@@ -29,10 +31,16 @@ impl Proxy {
             return;
         };
         match event {
+            Event::Readable if s.header.is_some() => self.read_header(ctx, sid, false),
             Event::Readable | Event::Writable => self.relay_both(ctx, sid),
             Event::PeerClosed => {
                 s.client_fin = true;
-                self.relay_both(ctx, sid);
+                s.half_closed_at.get_or_insert(ctx.now());
+                if s.header.is_some() {
+                    self.read_header(ctx, sid, true);
+                } else {
+                    self.relay_both(ctx, sid);
+                }
             }
             Event::Closed => {
                 s.client_gone = true;
@@ -60,22 +68,40 @@ impl Proxy {
                 s.connected = true;
                 s.last_active = ctx.now();
                 // The PROXY header goes before any client byte; the send
-                // buffer of a fresh connection has room for it.
+                // buffer of a fresh connection has room for it. The client
+                // is the connection's peer or, behind a balancer
+                // (`accept_proxy`), the one its header named.
                 let version = self
                     .routes
                     .route(s.port)
                     .map_or(ProxyProtocol::Off, |r| r.proxy_protocol);
                 if version != ProxyProtocol::Off
-                    && let (Some(t), Some(up)) = (ctx.tuple(s.client), s.upstream)
+                    && let Some(up) = s.upstream
                 {
+                    let client = SocketAddrV4::new(s.client_ip, s.client_port);
                     let mut header = [0u8; proxy_protocol::MAX_HEADER];
-                    let n = proxy_protocol::encode(version, t.remote, t.local, &mut header);
+                    let n = proxy_protocol::encode(version, client, s.dst, &mut header);
                     if !matches!(ctx.send(up, &header[..n]), Ok(sent) if sent == n) {
                         self.abort_both(ctx, sid);
                         return;
                     }
                 }
+                // Client bytes read with the accepted header (at most
+                // 1 KiB: room in a fresh send buffer too).
+                if let (Some(early), Some(up)) = (s.early.take(), s.upstream) {
+                    if !matches!(ctx.send(up, &early), Ok(sent) if sent == early.len()) {
+                        self.abort_both(ctx, sid);
+                        return;
+                    }
+                    let n = early.len() as u64;
+                    s.relayed += n;
+                    s.bytes_to += n;
+                    if let Some(b) = &s.backend {
+                        Backend::add(&b.bytes_to, n);
+                    }
+                }
                 if let Some(b) = &s.backend {
+                    b.passive_success();
                     b.opened();
                 }
                 // Client bytes (and its FIN) that arrived meanwhile go now.
@@ -84,6 +110,7 @@ impl Proxy {
             Event::Readable | Event::Writable => self.relay_both(ctx, sid),
             Event::PeerClosed => {
                 s.upstream_fin = true;
+                s.half_closed_at.get_or_insert(ctx.now());
                 self.relay_both(ctx, sid);
             }
             Event::Closed => {

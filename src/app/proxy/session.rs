@@ -4,27 +4,38 @@
 
 use std::net::SocketAddrV4;
 
+use std::sync::atomic::Ordering;
+
 use super::balance::Pick;
+use super::header::HeaderBuf;
 use super::pool::{Failure, Slot};
 use super::{Leg, MAX_QUEUED, PORT_RETRY_EVERY, Proxy, ProxyStats, Session, access};
 use crate::app::{Ctx, OpenError};
-use crate::tcp::{ConnId, ConnectError, Instant};
+use crate::tcp::{ConnId, ConnectError, FourTuple, Instant};
 
-impl Proxy {
-    pub(super) fn accept(&mut self, ctx: &mut Ctx<'_>, client: ConnId, port: u16) {
-        self.refresh_routes();
-        let Some(remote) = ctx.tuple(client).map(|t| t.remote) else {
-            return;
-        };
-        let client_ip = *remote.ip();
-        ProxyStats::bump(&self.shared.stats.sessions);
-        let now = ctx.now();
-        let session = Session {
+impl Session {
+    /// A session for client connection `client` (`tuple` as seen here) on
+    /// listener `port`, accepted at `now`, before any upstream.
+    pub(super) fn new(
+        client: ConnId,
+        tuple: FourTuple,
+        port: u16,
+        serial: u32,
+        header: Option<Box<HeaderBuf>>,
+        now: Instant,
+    ) -> Session {
+        Session {
             client,
-            client_ip,
-            client_port: remote.port(),
+            client_ip: *tuple.remote.ip(),
+            client_port: tuple.remote.port(),
+            dst: tuple.local,
             port,
-            started: ctx.now(),
+            serial,
+            timer: None,
+            header,
+            early: None,
+            half_closed_at: None,
+            started: now,
             bytes_to: 0,
             bytes_from: 0,
             outcome: access::End::Closed,
@@ -44,7 +55,23 @@ impl Proxy {
             blocked: false,
             waiting_port: false,
             waiting_slot: false,
+        }
+    }
+}
+
+impl Proxy {
+    pub(super) fn accept(&mut self, ctx: &mut Ctx<'_>, client: ConnId, port: u16) {
+        self.refresh_routes();
+        let Some(tuple) = ctx.tuple(client) else {
+            return;
         };
+        ProxyStats::bump(&self.shared.stats.sessions);
+        let now = ctx.now();
+        let accept_proxy = self.routes.route(port).is_some_and(|r| r.accept_proxy);
+        self.next_serial = self.next_serial.wrapping_add(1);
+        let header = accept_proxy
+            .then(|| HeaderBuf::new(now.saturating_add(self.routes.timeouts.proxy_header)));
+        let session = Session::new(client, tuple, port, self.next_serial, header, now);
         let sid = match self.free.pop() {
             Some(sid) => {
                 self.sessions[sid as usize] = Some(session);
@@ -56,7 +83,15 @@ impl Proxy {
             }
         };
         self.legs.insert(client, (sid, Leg::Client));
-        self.connect_next(ctx, sid);
+        if accept_proxy {
+            // Bytes may have come with the handshake's last ACK.
+            if ctx.recv_available(client) > 0 {
+                self.read_header(ctx, sid, false);
+            }
+        } else {
+            self.connect_next(ctx, sid);
+        }
+        self.arm(sid);
     }
 
     /// Opens the upstream leg to the next backend to try; queues the
@@ -69,7 +104,16 @@ impl Proxy {
             let Some(s) = self.sessions[sid as usize].as_mut() else {
                 return;
             };
-            let pick = match routes.route(s.port) {
+            let route = routes.route(s.port);
+            // `retries`: the first attempt and at most that many others.
+            let exhausted = route
+                .and_then(|r| r.retries)
+                .is_some_and(|cap| s.tried.len() > cap as usize);
+            if exhausted {
+                ProxyStats::bump(&self.shared.stats.retries_exhausted);
+            }
+            let pick = match route {
+                _ if exhausted => Pick::None,
                 None => Pick::None,
                 Some(r) => match r.pick(s.client_ip, &s.tried, now) {
                     Pick::Backend(i) => {
@@ -185,6 +229,8 @@ impl Proxy {
                 s.upstream_gone = false;
                 s.backend = Some(backend);
                 self.legs.insert(up, (sid, Leg::Upstream));
+                // The connect deadline.
+                self.arm(sid);
                 Ok(())
             }
             Err(OpenError::Connect(ConnectError::NoPort | ConnectError::TupleInUse))
@@ -205,6 +251,9 @@ impl Proxy {
                     _ => Failure::Unreachable,
                 };
                 backend.failed(why);
+                if why == Failure::Unreachable {
+                    self.passive_failure(&backend);
+                }
                 Err(Some(why))
             }
         }
@@ -271,21 +320,45 @@ impl Proxy {
                 let _ = ctx.abort(up);
             }
         }
+        let mut failed_connect = None;
         if let Some(b) = s.backend.take() {
             b.failed(why);
             if s.connected {
                 b.closed();
+            } else if why != Failure::NoPort {
+                failed_connect = Some(b);
             }
+        }
+        if !s.client_fin {
+            s.half_closed_at = None;
         }
         s.connected = false;
         s.upstream_gone = false;
         s.upstream_fin = false;
         s.upstream_shut = false;
-        if s.client_gone {
+        let client_gone = s.client_gone;
+        if let Some(b) = failed_connect {
+            self.passive_failure(&b);
+        }
+        if client_gone {
             self.end_at(sid, ctx.now());
             return;
         }
         self.connect_next(ctx, sid);
+    }
+
+    /// Passive health (`passive_fall`): a connect from a client session
+    /// failed; `passive_fall` in a row eject the backend until the active
+    /// checks readmit it (`rise` good checks).
+    pub(super) fn passive_failure(&self, b: &super::pool::Backend) {
+        let Some(fall) = self.routes.health.passive_fall else {
+            return;
+        };
+        if b.passive_failure(fall) {
+            super::pool::Backend::add(&b.passive_ejections, 1);
+            self.shared.health_changes.fetch_add(1, Ordering::Release);
+            tracing::warn!(backend = %b.addr, passive_fall = fall, "backend down: ejected by failed connects on client sessions");
+        }
     }
 
     /// Forgets a session once both legs are gone (or aborts what is left),
@@ -342,28 +415,5 @@ impl Proxy {
             }
         }
         self.end_at(sid, ctx.now());
-    }
-
-    /// Connect and idle deadlines.
-    pub(super) fn check_deadlines(&mut self, ctx: &mut Ctx<'_>) {
-        let now = ctx.now();
-        let idle = self.routes.timeouts.idle;
-        for sid in 0..self.sessions.len() as u32 {
-            let Some(s) = &self.sessions[sid as usize] else {
-                continue;
-            };
-            if !s.connected && s.upstream.is_some() && now >= s.connect_deadline {
-                self.retry(ctx, sid, Failure::Timeout);
-            } else if s.connected
-                && let Some(idle) = idle
-                && now.saturating_duration_since(s.last_active) >= idle
-            {
-                ProxyStats::bump(&self.shared.stats.idle_timeouts);
-                if let Some(s) = self.sessions[sid as usize].as_mut() {
-                    s.outcome = access::End::Timeout;
-                }
-                self.abort_both(ctx, sid);
-            }
-        }
     }
 }

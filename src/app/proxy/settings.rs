@@ -112,6 +112,14 @@ pub struct ListenerSettings {
     pub slow_start: Duration,
     /// The PROXY protocol header sent to the backend first.
     pub proxy_protocol: ProxyProtocol,
+    /// Expect a PROXY v1/v2 header from a trusted balancer in front
+    /// before any client byte; the client it names becomes the session's
+    /// client. A bad or missing header resets the connection.
+    pub accept_proxy: bool,
+    /// Other backends a session tries after its first attempt failed, at
+    /// most (HAProxy's `retries`). `None`: each backend once (the number
+    /// of backends - 1).
+    pub retries: Option<u32>,
 }
 
 /// Active health checks.
@@ -124,6 +132,9 @@ pub struct Health {
     pub fall: u32,
     /// Consecutive successes before an ejected backend is readmitted.
     pub rise: u32,
+    /// Consecutive failed connects on client sessions that also eject a
+    /// backend (passive health; active checks readmit it). `None`: off.
+    pub passive_fall: Option<u32>,
 }
 
 impl Default for Health {
@@ -133,6 +144,7 @@ impl Default for Health {
             timeout: Duration::from_secs(1),
             fall: 3,
             rise: 2,
+            passive_fall: None,
         }
     }
 }
@@ -147,6 +159,16 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
     /// On SIGINT/SIGTERM, how long open connections may take to finish.
     pub drain: Duration,
+    /// A session with one direction closed (a FIN relayed) and no byte
+    /// either way for this long is reset on both legs (HAProxy's `timeout
+    /// client-fin`). `None`: only `idle` bounds it.
+    pub client_fin: Option<Duration>,
+    /// A session this old is reset on both legs, whatever it does.
+    /// `None`: no bound.
+    pub max_session: Option<Duration>,
+    /// On an `accept_proxy` listener, the PROXY header must be complete
+    /// this long after the accept, else the connection is reset.
+    pub proxy_header: Duration,
 }
 
 impl Default for Timeouts {
@@ -155,6 +177,9 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             idle: Some(Duration::from_secs(300)),
             drain: Duration::from_secs(10),
+            client_fin: None,
+            max_session: None,
+            proxy_header: Duration::from_secs(5),
         }
     }
 }
@@ -171,14 +196,15 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
-    /// Every backend of every listener, once, in first-seen order.
+    /// Every backend of every listener, once, in first-seen order
+    /// (linear: a set remembers what was seen).
     pub fn all_backends(&self) -> Vec<SocketAddrV4> {
-        let mut all: Vec<SocketAddrV4> = Vec::new();
-        for b in self.listeners.iter().flat_map(|l| &l.backends) {
-            if !all.contains(&b.addr) {
-                all.push(b.addr);
-            }
-        }
-        all
+        let mut seen = rustc_hash::FxHashSet::default();
+        self.listeners
+            .iter()
+            .flat_map(|l| &l.backends)
+            .filter(|b| seen.insert(b.addr))
+            .map(|b| b.addr)
+            .collect()
     }
 }

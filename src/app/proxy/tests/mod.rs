@@ -2,6 +2,12 @@
 //! client endpoint C, the proxy's endpoint P (running [`Proxy`]) and two
 //! backend endpoints B1, B2, all on a virtual clock. The client and the
 //! backends are scripted by the tests; segments to a "black hole" vanish.
+//! `lifecycle`: the PROXY header accepted from a balancer, retries,
+//! passive health, half-close and lifetime bounds, timers. `cost`:
+//! callgrind measurements (ignored tests).
+
+mod cost;
+mod lifecycle;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -65,7 +71,13 @@ impl Sim {
         let text = format!(
             "interface = \"eth0\"\n[[listener]]\nport = 80\nbalance = \"{balance}\"\n{keys}\n\
              backends = [\"{B1}:{BACKEND_PORT}\", \"{B2}:{BACKEND_PORT}\"]\n\
-             [health]\ninterval_ms = 3600000\n{extra}"
+             [health]\n{interval}{extra}",
+            // No checks during a test unless it sets its own interval.
+            interval = if extra.contains("interval_ms") {
+                ""
+            } else {
+                "interval_ms = 3600000\n"
+            }
         );
         let config = Config::parse(&text, Path::new("sim.toml")).unwrap();
         let set = super::pool::BackendSet::default();
