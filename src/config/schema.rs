@@ -45,6 +45,16 @@ pub struct RawListener {
     pub backends_dns: Option<Spanned<String>>,
     pub slow_start_ms: Option<Spanned<u64>>,
     pub proxy_protocol: Option<Spanned<String>>,
+    pub keepalive: Option<Spanned<RawKeepalive>>,
+}
+
+/// `keepalive = { idle_ms = 60000, interval_ms = 10000, count = 5 }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepalive {
+    pub idle_ms: Option<Spanned<u64>>,
+    pub interval_ms: Option<Spanned<u64>>,
+    pub count: Option<Spanned<u32>>,
 }
 
 /// A backend: `"ip:port"` or `{ addr = "ip:port", weight = 3, ... }`.
@@ -101,6 +111,7 @@ pub struct RawUpstream {
     pub reuse: Option<bool>,
     pub reuse_delay_ms: Option<Spanned<u64>>,
     pub max_time_wait: Option<Spanned<u64>>,
+    pub keepalive: Option<Spanned<RawKeepalive>>,
 }
 
 #[derive(Deserialize)]

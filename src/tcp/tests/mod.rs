@@ -8,6 +8,7 @@ mod close;
 mod fixture;
 mod handshake;
 mod hostile;
+mod keepalive;
 mod limits;
 mod pair;
 mod reliability;
