@@ -342,8 +342,13 @@ impl Connection {
                 ctx.stats.fast_retransmits += 1;
             }
         }
-        // RFC 9293 3.10.7.4: update the send window from the most recent segment.
-        if self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) {
+        // RFC 9293 3.10.7.4: update the send window from the most recent
+        // segment, and (as Linux's tcp_may_update_window) from any segment
+        // whose ACK advances SND.UNA: the RFC's SND.UNA + SND.WND would
+        // otherwise carry an old window forward to the new SND.UNA, past the
+        // edge the peer offered (a retransmission of old data that brings a
+        // new ACK and a closed window, found by the engine fuzzer).
+        if self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) || ack > old_una {
             self.snd_wnd = window;
             self.max_snd_wnd = self.max_snd_wnd.max(window);
             self.snd_wl1 = seq;

@@ -6,6 +6,7 @@ mod buffers;
 mod bulk;
 mod close;
 mod fixture;
+mod fuzz_found;
 mod handshake;
 mod hostile;
 mod keepalive;
