@@ -24,3 +24,6 @@ if ! mount | grep -q ' /sys/fs/bpf '; then
   mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 fi
 command -v cargo >/dev/null || { echo "dev-setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+# The fuzz step of the test command (fuzz/run.sh). --locked: the versions
+# its release was tested with (about 80 s to build on two loaded cores).
+command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz@0.13.2

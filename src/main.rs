@@ -89,6 +89,12 @@ enum Command {
         /// them). On veth, XDP_TX needs GRO or an XDP program on the peer.
         #[arg(long, value_enum, default_value = "on")]
         xdp_syn_cookies: OnOff,
+        /// TCP keepalive (RFC 1122 4.2.3.6), off by default:
+        /// `IDLE_MS,INTERVAL_MS,COUNT`, e.g. `60000,10000,5`. An idle
+        /// connection is probed after IDLE_MS, then every INTERVAL_MS; after
+        /// COUNT unanswered probes it is reset.
+        #[arg(long, value_parser = parse_keepalive)]
+        keepalive: Option<turnstile::tcp::Keepalive>,
     },
     /// Open short HTTP connections to a server through turnstile's own active
     /// opens (a load generator; prints one JSON summary line).
@@ -243,6 +249,7 @@ fn main() -> ExitCode {
             socket,
             state_dir,
             xdp_syn_cookies,
+            keepalive,
         } => {
             let mut opts = StackOptions::new(&iface, port);
             socket.apply(&mut opts);
@@ -255,6 +262,7 @@ fn main() -> ExitCode {
             opts.xdp_mode = xdp_mode;
             opts.metrics = metrics;
             opts.tcp.msl = Duration::from_millis(msl_ms);
+            opts.tcp.keepalive = keepalive;
             serve(opts, app)
         }
         Command::Load {
@@ -351,6 +359,10 @@ fn rss_option(key: Option<String>, table: Option<String>) -> Option<turnstile::r
         table: turnstile::rss::parse_table(&table?).ok()?,
         source: "--rss-key/--rss-table",
     })
+}
+
+fn parse_keepalive(s: &str) -> Result<turnstile::tcp::Keepalive, String> {
+    turnstile::tcp::Keepalive::parse(s)
 }
 
 fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {

@@ -63,6 +63,8 @@ pub struct ShardMetrics {
     pub retransmitted_bytes: AtomicU64,
     pub tlp_probes: AtomicU64,
     pub loss_recoveries: AtomicU64,
+    pub keepalive_probes: AtomicU64,
+    pub keepalive_timeouts: AtomicU64,
     pub challenge_acks: AtomicU64,
     /// Active opens that failed for want of a next hop's MAC.
     pub connect_unreachable: AtomicU64,
@@ -447,6 +449,18 @@ impl Registry {
             "counter",
             "Tail loss probes sent (RFC 8985).",
             &[("", s(|m| &m.tlp_probes))],
+        );
+        metric(
+            "turnstile_keepalive_probes_total",
+            "counter",
+            "TCP keepalive probes sent (RFC 1122 4.2.3.6).",
+            &[("", s(|m| &m.keepalive_probes))],
+        );
+        metric(
+            "turnstile_keepalive_timeouts_total",
+            "counter",
+            "Connections reset because the peer answered no keepalive probe.",
+            &[("", s(|m| &m.keepalive_timeouts))],
         );
         metric(
             "turnstile_challenge_acks_total",

@@ -21,6 +21,12 @@ impl Config {
         opts.tcp.reuse = self.upstream.reuse;
         opts.tcp.reuse_delay = self.upstream.reuse_delay;
         opts.tcp.max_time_wait = self.upstream.max_time_wait;
+        opts.tcp.keepalive_active = self.upstream.keepalive;
+        opts.tcp.keepalive_ports = self
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.port, l.keepalive?)))
+            .collect();
         opts.grace = self.timeouts.drain;
         opts.max_connections = self.max_connections;
         opts.state_dir = self.state_dir.clone();

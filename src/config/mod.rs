@@ -100,6 +100,8 @@ pub struct Listener {
     /// Backends published in DNS, resolved off the shards and added to
     /// `backends` (see `sidecar::dns`).
     pub backends_dns: Option<DnsName>,
+    /// TCP keepalive on client connections (`keepalive`; off when `None`).
+    pub keepalive: Option<crate::tcp::Keepalive>,
 }
 
 /// A listener's `backends_dns`.
@@ -147,6 +149,8 @@ pub struct Upstream {
     pub reuse: bool,
     pub reuse_delay: Duration,
     pub max_time_wait: usize,
+    /// TCP keepalive on connections to backends (`keepalive`; off when `None`).
+    pub keepalive: Option<crate::tcp::Keepalive>,
 }
 
 impl Default for Upstream {
@@ -158,6 +162,7 @@ impl Default for Upstream {
             reuse: true,
             reuse_delay: Duration::from_secs(1),
             max_time_wait: 262_144,
+            keepalive: None,
         }
     }
 }

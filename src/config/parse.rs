@@ -9,7 +9,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Source;
-use super::schema::{RawBackend, RawConfig, RawHealth, RawListener, RawTimeouts, RawUpstream};
+use super::schema::{
+    RawBackend, RawConfig, RawHealth, RawKeepalive, RawListener, RawTimeouts, RawUpstream,
+};
 use super::{
     BackendSettings, Balance, Config, ConfigError, Health, Listener, ProxyProtocol, Timeouts,
     Upstream,
@@ -243,6 +245,53 @@ fn upstream(src: &Source<'_>, u: &RawUpstream) -> Result<Upstream, ConfigError> 
             defaults.reuse_delay,
         )?,
         max_time_wait,
+        keepalive: u
+            .keepalive
+            .as_ref()
+            .map(|k| keepalive(src, k.get_ref(), "upstream.keepalive"))
+            .transpose()?,
+    })
+}
+
+/// A `keepalive` table. Keys left out take Linux's defaults
+/// (tcp_keepalive_time 2 h, _intvl 75 s, _probes 9).
+fn keepalive(
+    src: &Source<'_>,
+    k: &RawKeepalive,
+    key: &str,
+) -> Result<crate::tcp::Keepalive, ConfigError> {
+    let count = match &k.count {
+        None => 9,
+        Some(c) => u8::try_from(*c.get_ref())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                src.at(
+                    c,
+                    format!("{key}.count = {}: need 1 to 255 probes", c.get_ref()),
+                )
+            })?,
+    };
+    let ms = |v: Option<&Spanned<u64>>, name: &str, default: u64| {
+        let d = millis(
+            src,
+            v,
+            &format!("{key}.{name}"),
+            1,
+            Duration::from_millis(default),
+        )?;
+        match v {
+            Some(v) if *v.get_ref() > u64::from(u32::MAX) => Err(src.at(
+                v,
+                format!("{key}.{name} = {}: at most {} ms", v.get_ref(), u32::MAX),
+            )),
+            _ => Ok(d),
+        }
+    };
+    Ok(crate::tcp::Keepalive {
+        idle: ms(k.idle_ms.as_ref(), "idle_ms", 7_200_000)?,
+        interval: ms(k.interval_ms.as_ref(), "interval_ms", 75_000)?,
+        count,
     })
 }
 
@@ -475,6 +524,11 @@ fn listener(
             0,
             Duration::ZERO,
         )?,
+        keepalive: l
+            .keepalive
+            .as_ref()
+            .map(|k| keepalive(src, k.get_ref(), "listener.keepalive"))
+            .transpose()?,
     })
 }
 

@@ -12,7 +12,7 @@ impl Config {
     /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,
     /// `busy_poll_budget`, `metrics`, `admin`, `admin_token_file` (its
     /// contents too), `access_log`, the set of
-    /// listener ports and everything in `[upstream]`.
+    /// listener ports, each listener's `keepalive` and everything in `[upstream]`.
     pub fn reload_check(&self, new: &Config) -> Result<(), String> {
         let restart = "restart turnstile to change it; SIGHUP reloads backends, balance, [health] and [timeouts] only";
         if new.interface != self.interface {
@@ -58,6 +58,14 @@ impl Config {
         };
         if addresses(new) != addresses(self) {
             return Err(format!("a listener address changed: {restart}"));
+        }
+        let keepalives = |c: &Config| {
+            let mut k: Vec<_> = c.listeners.iter().map(|l| (l.port, l.keepalive)).collect();
+            k.sort_unstable_by_key(|&(p, _)| p);
+            k
+        };
+        if keepalives(new) != keepalives(self) {
+            return Err(format!("a listener's keepalive changed: {restart}"));
         }
         if new.upstream != self.upstream {
             return Err(format!("[upstream] changed: {restart}"));

@@ -47,6 +47,16 @@ pub struct RawListener {
     pub proxy_protocol: Option<Spanned<String>>,
     pub accept_proxy: Option<bool>,
     pub retries: Option<Spanned<u32>>,
+    pub keepalive: Option<Spanned<RawKeepalive>>,
+}
+
+/// `keepalive = { idle_ms = 60000, interval_ms = 10000, count = 5 }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepalive {
+    pub idle_ms: Option<Spanned<u64>>,
+    pub interval_ms: Option<Spanned<u64>>,
+    pub count: Option<Spanned<u32>>,
 }
 
 /// A backend: `"ip:port"` or `{ addr = "ip:port", weight = 3, ... }`.
@@ -103,6 +113,7 @@ pub struct RawUpstream {
     pub reuse: Option<bool>,
     pub reuse_delay_ms: Option<Spanned<u64>>,
     pub max_time_wait: Option<Spanned<u64>>,
+    pub keepalive: Option<Spanned<RawKeepalive>>,
 }
 
 #[derive(Deserialize)]

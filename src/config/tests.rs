@@ -469,3 +469,82 @@ fn accept_proxy_retries_passive_fall_and_the_session_timeouts() {
         "{e}"
     );
 }
+
+#[test]
+fn keepalive_per_listener_and_upstream() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listeners[0].keepalive, None, "off by default");
+    assert_eq!(c.upstream.keepalive, None);
+    let text = good_with(
+        "port = 443\n",
+        "port = 443\nkeepalive = { idle_ms = 60000, interval_ms = 5000, count = 4 }\n",
+    )
+    .replacen(
+        "max_time_wait = 262144\n",
+        "max_time_wait = 262144\nkeepalive = { idle_ms = 30000 }\n",
+        1,
+    );
+    let c = parse(&text).unwrap();
+    let k = crate::tcp::Keepalive {
+        idle: Duration::from_secs(60),
+        interval: Duration::from_secs(5),
+        count: 4,
+    };
+    assert_eq!(c.listeners[1].keepalive, Some(k));
+    assert_eq!(c.listeners[0].keepalive, None);
+    // Left-out keys take Linux's defaults (75 s, 9 probes).
+    let up = c.upstream.keepalive.unwrap();
+    assert_eq!(
+        (up.idle, up.interval, up.count),
+        (Duration::from_secs(30), Duration::from_secs(75), 9)
+    );
+    let opts = c.stack_options();
+    assert_eq!(opts.tcp.keepalive_ports, vec![(443, k)]);
+    assert_eq!(opts.tcp.keepalive_active, Some(up));
+    assert_eq!(opts.tcp.keepalive, None);
+    // Changing a listener's keepalive needs a restart (the engine holds it).
+    let before = parse(GOOD).unwrap();
+    assert!(before.reload_check(&c).unwrap_err().contains("keepalive"));
+}
+
+#[test]
+fn bad_keepalive_is_named_with_its_line() {
+    let e = err(&good_with(
+        "port = 443\n",
+        "port = 443\nkeepalive = { idle_ms = 1000, count = 0 }\n",
+    ))
+    .to_string();
+    assert!(e.contains("listener.keepalive.count = 0"), "{e}");
+    assert!(e.contains("t.toml:13:"), "{e}");
+    let e = err(&good_with(
+        "port = 443\n",
+        "port = 443\nkeepalive = { idle_ms = 0 }\n",
+    ))
+    .to_string();
+    assert!(e.contains("listener.keepalive.idle_ms = 0"), "{e}");
+    let e = err(&good_with(
+        "port = 443\n",
+        "port = 443\nkeepalive = { idle = 5 }\n",
+    ))
+    .to_string();
+    assert!(e.contains("idle"), "{e}");
+}
+
+#[test]
+fn serve_keepalive_flag_form() {
+    let k = crate::tcp::Keepalive::parse("60000, 10000,5").unwrap();
+    assert_eq!(
+        (k.idle, k.interval, k.count),
+        (Duration::from_secs(60), Duration::from_secs(10), 5)
+    );
+    for bad in [
+        "60000,10000",
+        "0,1,1",
+        "1,1,0",
+        "1,1,256",
+        "a,1,1",
+        "1,1,1,1",
+    ] {
+        assert!(crate::tcp::Keepalive::parse(bad).is_err(), "{bad}");
+    }
+}

@@ -355,6 +355,8 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.retransmitted_bytes, e.retransmitted_bytes);
         ShardMetrics::set(&m.tlp_probes, e.tlp_probes);
         ShardMetrics::set(&m.loss_recoveries, e.fast_retransmits);
+        ShardMetrics::set(&m.keepalive_probes, e.keepalive_probes);
+        ShardMetrics::set(&m.keepalive_timeouts, e.keepalive_timeouts);
         ShardMetrics::set(&m.challenge_acks, e.challenge_acks);
         ShardMetrics::set(&m.rst_sent, e.rst_sent);
         ShardMetrics::set(&m.rst_unknown_flow, e.rst_unknown_flow);

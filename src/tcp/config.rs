@@ -92,6 +92,30 @@ pub struct Config {
     /// Connections held in full (any state but TIME_WAIT) beyond which new
     /// SYNs are dropped, like a full backlog; `usize::MAX`: no limit.
     pub max_connections: usize,
+    /// RFC 1122 4.2.3.6 keepalive for passive opens whose port is not in
+    /// `keepalive_ports`. Off (`None`) by default, as RFC 1122 requires.
+    pub keepalive: Option<Keepalive>,
+    /// Keepalive per listening port (the sidecar's per-listener setting),
+    /// taking precedence over `keepalive`.
+    pub keepalive_ports: Vec<(u16, Keepalive)>,
+    /// Keepalive for active opens (the sidecar's upstream legs).
+    pub keepalive_active: Option<Keepalive>,
+}
+
+/// RFC 1122 4.2.3.6 keepalive: after `idle` without an acceptable ACK from
+/// the peer while nothing is in flight, send a probe (`SEG.SEQ = SND.NXT - 1`,
+/// no data) every `interval`; after `count` probes without an answer, reset
+/// the connection and report `Event::TimedOut`. Like Linux's
+/// `tcp_keepalive_time`/`_intvl`/`_probes`: the peer is declared gone at
+/// `idle + interval * count` after it was last heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// RFC 1122: "MUST default to no less than two hours" when on by default;
+    /// here it is off by default and the operator picks it.
+    pub idle: Duration,
+    pub interval: Duration,
+    /// Unanswered probes before the connection is reset (at least 1).
+    pub count: u8,
 }
 
 impl Default for Config {
@@ -123,11 +147,48 @@ impl Default for Config {
             challenge_ack_limit: 10,
             fin_wait2_timeout: Duration::from_secs(60),
             max_connections: usize::MAX,
+            keepalive: None,
+            keepalive_ports: Vec::new(),
+            keepalive_active: None,
         }
     }
 }
 
+impl Keepalive {
+    /// `IDLE_MS,INTERVAL_MS,COUNT` (the `serve --keepalive` form).
+    pub fn parse(s: &str) -> Result<Keepalive, String> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let [idle, interval, count] = parts[..] else {
+            return Err(format!(
+                "{s:?}: expected IDLE_MS,INTERVAL_MS,COUNT, e.g. 60000,10000,5"
+            ));
+        };
+        let ms = |what: &str, v: &str| match v.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Duration::from_millis(u64::from(n))),
+            _ => Err(format!("{what} {v:?}: need 1 to {} ms", u32::MAX)),
+        };
+        let count = match count.parse::<u8>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("count {count:?}: need 1 to 255 probes")),
+        };
+        Ok(Keepalive {
+            idle: ms("idle", idle)?,
+            interval: ms("interval", interval)?,
+            count,
+        })
+    }
+}
+
 impl Config {
+    /// The keepalive of a passive open on local `port`.
+    pub(crate) fn keepalive_passive(&self, port: u16) -> Option<Keepalive> {
+        self.keepalive_ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|&(_, k)| k)
+            .or(self.keepalive)
+    }
+
     /// The window-scale shift actually offered: at least what `recv_buffer` needs
     /// to be advertised in 16 bits, at most 14 (RFC 7323 2.3).
     pub(crate) fn effective_window_scale(&self) -> u8 {

@@ -21,6 +21,21 @@ pub(crate) struct NewReno {
     bytes_acked: u32,
 }
 
+/// The multiplicative decrease on entering loss recovery: RFC 9438 4.6
+/// (CUBIC) "beta_cubic ... SHOULD be set to 0.7", where RFC 5681 halves.
+/// Recovery episodes are frequent on a lossy path (about one per 20 KiB
+/// at 5% loss) and each halving leaves the window far below the path's
+/// capacity for many round trips; 0.7 keeps more in flight, as Linux's
+/// default CUBIC does. A retransmission timeout still halves (RFC 5681 eq.
+/// 4) and collapses cwnd to one segment.
+pub(crate) const BETA_NUM: u32 = 7;
+pub(crate) const BETA_DEN: u32 = 10;
+
+/// `flight` reduced by beta, at least two segments (RFC 5681 eq. 4's floor).
+fn reduced(flight: u32, mss: u32) -> u32 {
+    ((u64::from(flight) * u64::from(BETA_NUM) / u64::from(BETA_DEN)) as u32).max(2 * mss)
+}
+
 /// What the sender should do after an ACK.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum AckAction {
@@ -111,10 +126,11 @@ impl NewReno {
         !self.in_recovery && !self.recover.is_some_and(|r| una < r)
     }
 
-    /// RFC 6675 5 (4.2): "ssthresh = cwnd = (FlightSize / 2)" (at least two
+    /// RFC 6675 5 (4.2): "ssthresh = cwnd = (FlightSize / 2)", with
+    /// CUBIC's beta 0.7 for the 1/2 (see [`BETA_NUM`]; at least two
     /// segments, RFC 5681 eq. 4), RecoveryPoint = HighData.
     pub(crate) fn enter_sack_recovery(&mut self, flight: u32, snd_max: Seq, mss: u32) {
-        self.ssthresh = (flight / 2).max(2 * mss);
+        self.ssthresh = reduced(flight, mss);
         self.cwnd = self.ssthresh;
         self.recover = Some(snd_max);
         self.in_recovery = true;
@@ -142,7 +158,8 @@ impl NewReno {
             if self.recover.is_some_and(|r| snd_una < r) {
                 return AckAction::None;
             }
-            self.ssthresh = (flight / 2).max(2 * mss);
+            // RFC 6582 3.2 step 2 with beta 0.7 for the halving (BETA_NUM).
+            self.ssthresh = reduced(flight, mss);
             self.recover = Some(snd_max);
             self.in_recovery = true;
             self.cwnd = self.ssthresh + 3 * mss;
@@ -194,10 +211,11 @@ mod tests {
             cc.on_dup_ack(una, max, 10 * MSS, MSS),
             AckAction::RetransmitFirst
         );
-        assert_eq!(cc.ssthresh, 5 * MSS);
-        assert_eq!(cc.cwnd, 8 * MSS);
+        // Beta 0.7 of a 10-segment flight.
+        assert_eq!(cc.ssthresh, 7 * MSS);
+        assert_eq!(cc.cwnd, 10 * MSS);
         assert_eq!(cc.on_dup_ack(una, max, 10 * MSS, MSS), AckAction::None);
-        assert_eq!(cc.cwnd, 9 * MSS);
+        assert_eq!(cc.cwnd, 11 * MSS);
         // Partial ACK of 2 segments.
         assert_eq!(
             cc.on_new_ack(2 * MSS, Seq(2001), 10 * MSS, MSS),
@@ -215,17 +233,34 @@ mod tests {
         let mut cc = NewReno::new(MSS);
         assert!(cc.may_enter_recovery(Seq(1)));
         cc.enter_sack_recovery(10 * MSS, Seq(10_001), MSS);
-        assert_eq!((cc.cwnd, cc.ssthresh), (5 * MSS, 5 * MSS));
+        assert_eq!((cc.cwnd, cc.ssthresh), (7 * MSS, 7 * MSS));
         assert!(!cc.may_enter_recovery(Seq(2001)));
         cc.on_new_ack_sack(MSS, Seq(2001), MSS);
-        assert_eq!(cc.cwnd, 5 * MSS);
+        assert_eq!(cc.cwnd, 7 * MSS);
         cc.on_new_ack_sack(8 * MSS, Seq(10_001), MSS);
         assert!(!cc.in_recovery && cc.recover.is_none());
-        assert_eq!(cc.cwnd, 5 * MSS);
+        assert_eq!(cc.cwnd, 7 * MSS);
         // Congestion avoidance from ssthresh: one MSS per window acknowledged.
-        cc.on_new_ack_sack(5 * MSS, Seq(15_001), MSS);
-        assert_eq!(cc.cwnd, 6 * MSS);
+        cc.on_new_ack_sack(7 * MSS, Seq(17_001), MSS);
+        assert_eq!(cc.cwnd, 8 * MSS);
         assert!(cc.may_enter_recovery(Seq(11_001)));
+    }
+
+    #[test]
+    fn recovery_keeps_seven_tenths_and_at_least_two_segments() {
+        let mut cc = NewReno::new(MSS);
+        cc.enter_sack_recovery(100 * MSS, Seq(100_001), MSS);
+        assert_eq!((cc.ssthresh, cc.cwnd), (70 * MSS, 70 * MSS));
+        let mut cc = NewReno::new(MSS);
+        cc.enter_sack_recovery(2 * MSS, Seq(2001), MSS);
+        assert_eq!(cc.ssthresh, 2 * MSS, "RFC 5681 floor");
+        // No overflow near the top of u32.
+        let mut cc = NewReno::new(MSS);
+        cc.enter_sack_recovery(u32::MAX, Seq(1), MSS);
+        assert_eq!(cc.ssthresh, (u64::from(u32::MAX) * 7 / 10) as u32);
+        // A timeout still halves.
+        cc.on_rto(100 * MSS, Seq(1), MSS);
+        assert_eq!((cc.ssthresh, cc.cwnd), (50 * MSS, MSS));
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! it all or calls `close`. `abort` sends a RST and produces no event.
 //!
 //! # Memory
-//! A connection is a 528-byte struct plus its send and receive buffers (sizes from
+//! A connection is a 552-byte struct plus its send and receive buffers (sizes from
 //! [`Config`]; pooled and reused). A TIME-WAIT entry is 56 bytes in its table
 //! (4-tuple key included) plus a 24-byte expiry record, plus 16 bytes in its
 //! destination's reuse FIFO when it came from an active open.
@@ -67,7 +67,7 @@ mod time;
 mod timer;
 pub(crate) mod timewait;
 
-pub use config::{Config, PortFilter};
+pub use config::{Config, Keepalive, PortFilter};
 pub use endpoint::{BufferPoolStats, Endpoint};
 pub use error::{ConnError, ConnectError};
 pub use event::{Event, Transmit};

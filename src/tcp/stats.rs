@@ -38,6 +38,10 @@ pub struct Stats {
     /// Received SACK blocks ignored (outside SND.UNA..SND.MAX, D-SACK, no room).
     pub sack_blocks_ignored: u64,
     pub rto_expirations: u64,
+    /// RFC 1122 4.2.3.6 keepalive probes sent.
+    pub keepalive_probes: u64,
+    /// Connections reset because their peer answered no keepalive probe.
+    pub keepalive_timeouts: u64,
     pub rst_sent: u64,
     /// RSTs answering a segment of a flow this endpoint has no state for
     /// (an ACK reaching LISTEN: after an ECMP change, another instance's

@@ -44,6 +44,10 @@ pub enum BuildError {
         "IPv4 datagram of {len} bytes exceeds the 65535-byte total length; segment the payload by the MSS"
     )]
     DatagramTooLong { len: usize },
+    #[error(
+        "TCP options of {len} bytes in our layout exceed the 40 bytes a header holds; send fewer SACK blocks"
+    )]
+    OptionsTooLong { len: usize },
 }
 
 /// Parses and verifies an Ethernet II / IPv4 / TCP frame: bounds, IHL, total
@@ -116,6 +120,13 @@ pub fn build_frame(
             payload_len,
             capacity,
         });
+    }
+    // A header holds 40 bytes of options (data offset 15); our padded
+    // layout of timestamps beside four SACK blocks would need 48, and the
+    // data offset would wrap to garbage.
+    let options_len = super::options::len(&tcp.options);
+    if options_len > super::options::MAX_OPTIONS_LEN {
+        return Err(BuildError::OptionsTooLong { len: options_len });
     }
     let header_len = frame_header_len(&tcp.options);
     let frame_len = header_len.saturating_add(payload_len);

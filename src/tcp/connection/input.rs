@@ -34,7 +34,7 @@ impl Connection {
         self.update_persist(now, ctx.cfg.rto_max);
     }
 
-    fn send_rst(&self, seq: u32, ctx: &mut Ctx<'_>) {
+    pub(super) fn send_rst(&self, seq: u32, ctx: &mut Ctx<'_>) {
         let rst = TcpRepr {
             src_port: self.tuple.local.port(),
             dst_port: self.tuple.remote.port(),
@@ -101,6 +101,7 @@ impl Connection {
             self.retries = 0;
             self.syn_pending = false;
             self.establish(ctx);
+            self.keepalive_heard(now);
             self.ack_now = true;
         } else {
             // Simultaneous open (RFC 9293 3.5 figure 7): SYN-RECEIVED, send
@@ -191,6 +192,7 @@ impl Connection {
                 self.rto_at = None;
                 self.syn_pending = false;
                 self.establish(ctx);
+                self.keepalive_heard(now);
                 return;
             }
             // A retransmitted SYN: our SYN+ACK was lost, send it again.
@@ -307,6 +309,9 @@ impl Connection {
         }
         self.update_ts_recent(seg, seq, now);
         self.probes = 0;
+        // RFC 1122 4.2.3.6: any acceptable ACK (a keepalive's answer, or
+        // traffic) shows the peer alive.
+        self.keepalive_heard(now);
         let window = u32::from(seg.window) << self.neg.snd_wscale;
         let old_una = self.snd_una;
         if ack > self.snd_una {
@@ -337,8 +342,13 @@ impl Connection {
                 ctx.stats.fast_retransmits += 1;
             }
         }
-        // RFC 9293 3.10.7.4: update the send window from the most recent segment.
-        if self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) {
+        // RFC 9293 3.10.7.4: update the send window from the most recent
+        // segment, and (as Linux's tcp_may_update_window) from any segment
+        // whose ACK advances SND.UNA: the RFC's SND.UNA + SND.WND would
+        // otherwise carry an old window forward to the new SND.UNA, past the
+        // edge the peer offered (a retransmission of old data that brings a
+        // new ACK and a closed window, found by the engine fuzzer).
+        if self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) || ack > old_una {
             self.snd_wnd = window;
             self.max_snd_wnd = self.max_snd_wnd.max(window);
             self.snd_wl1 = seq;

@@ -4,6 +4,7 @@
 //! calls below (3.10.1 to 3.10.5).
 
 mod input;
+mod keepalive;
 mod output;
 mod sack;
 mod timers;
@@ -132,6 +133,8 @@ pub(crate) struct Connection {
     pub(crate) persist_backoff: u8,
     /// Window probes sent since the peer last sent an acceptable ACK.
     pub(crate) probes: u8,
+    /// RFC 1122 4.2.3.6 keepalive, when on for this connection.
+    pub(crate) keepalive: Option<keepalive::KeepaliveTimer>,
     /// TIME_WAIT held in full (application still reading), or orphaned FIN_WAIT_2.
     pub(crate) linger_at: Option<Instant>,
     pub(crate) retries: u8,
@@ -220,6 +223,7 @@ impl Connection {
             persist_at: None,
             persist_backoff: 0,
             probes: 0,
+            keepalive: None,
             linger_at: None,
             retries: 0,
             syn_pending: false,
@@ -251,6 +255,8 @@ impl Connection {
     ) -> Self {
         let mut c = Connection::new(id, tuple, iss, ts_offset, cfg, send, recv);
         c.state = State::SynSent;
+        // The idle period starts when the handshake completes.
+        c.set_keepalive(cfg.keepalive_active.as_ref(), Instant::ZERO);
         c.app_knows = true;
         c.syn_pending = true;
         c
@@ -273,6 +279,7 @@ impl Connection {
         c.state = State::SynReceived;
         c.passive = true;
         c.syn_pending = true;
+        c.set_keepalive(cfg.keepalive_passive(tuple.local.port()).as_ref(), now);
         c.accept_peer_syn(syn, now, cfg);
         c
     }
@@ -463,6 +470,9 @@ impl Connection {
             self.persist_at,
             self.linger_at,
             self.loss_timer.map(|(_, at)| at),
+            self.keepalive
+                .filter(|_| self.state.is_synchronized())
+                .map(|k| k.at),
         ]
         .into_iter()
         .flatten()

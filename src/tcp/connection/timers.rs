@@ -38,6 +38,12 @@ impl Connection {
             self.rto_at = None;
             self.on_rto(now, ctx);
         }
+        if self.state.is_synchronized() && due(self.keepalive.map(|k| k.at), now) {
+            self.on_keepalive_timer(now, ctx);
+            if self.end.is_some() {
+                return;
+            }
+        }
         if due(self.persist_at, now) {
             self.persist_at = None;
             self.probe_pending = true;

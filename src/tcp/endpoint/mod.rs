@@ -407,6 +407,20 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Turn RFC 1122 keepalive on (or off, `None`) for one connection, its
+    /// idle period starting now; overrides what `Config` gave it at open.
+    pub fn set_keepalive(
+        &mut self,
+        id: ConnId,
+        keepalive: Option<super::Keepalive>,
+    ) -> Result<(), ConnError> {
+        let now = self.last_now;
+        let conn = app_conn_mut(&mut self.slots, id)?;
+        conn.set_keepalive(keepalive.as_ref(), now);
+        self.after_call(id.index, now, false);
+        Ok(())
+    }
+
     // ---- getters ----
 
     pub fn state(&self, id: ConnId) -> Option<State> {

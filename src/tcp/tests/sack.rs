@@ -342,3 +342,48 @@ fn lost_retransmission_is_resent_without_rto() {
     assert_eq!(f.ep.send_queued(f.id), 0);
     assert_eq!(f.ep.stats().rto_expirations, 0);
 }
+
+/// Entering SACK recovery keeps 0.7 of the flight (RFC 9438 beta_cubic, not
+/// RFC 6675's half): ten segments in flight, one lost, cwnd = ssthresh = 7
+/// segments; the retransmission and new data fill that window, and recovery
+/// ends with cwnd at 7 segments.
+#[test]
+fn sack_recovery_reduces_to_seven_tenths_of_the_flight() {
+    let mut f = Fix::new(SACK_SPEC);
+    let data = pattern(20_000, 5);
+    f.app_send(&data);
+    assert_eq!(f.recv_all().len(), 10, "the initial window");
+    let sack_ack = |f: &mut Fix, right: u32| {
+        let tcp = TcpRepr {
+            seq: f.peer_seq(0),
+            ack: f.our_seq(0),
+            options: TcpOptions {
+                sack: blocks(&[(f.our_seq(1000), f.our_seq(right))]),
+                ..TcpOptions::default()
+            },
+            ..SEND_TEMPL
+        };
+        f.send(tcp, &[]);
+    };
+    sack_ack(&mut f, 2000);
+    sack_ack(&mut f, 3000);
+    sack_ack(&mut f, 4000);
+    let cc = f.ep.conn_for_test(f.id).cc;
+    assert!(cc.in_recovery);
+    assert_eq!((cc.ssthresh, cc.cwnd), (7000, 7000), "0.7 x 10 segments");
+    // The hole goes first; pipe = 10 - 3 SACKed - 1 lost + 1 resent = 7
+    // segments: the window is full.
+    let out = f.recv_all();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].tcp.seq, f.our_seq(0));
+    // Each further SACKed segment frees one: one new segment each.
+    sack_ack(&mut f, 5000);
+    let out = f.recv_all();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].tcp.seq, f.our_seq(10_000));
+    // Everything through the new segment acknowledged: recovery is over at 7.
+    f.send_ack(0, 11_000);
+    let cc = f.ep.conn_for_test(f.id).cc;
+    assert!(!cc.in_recovery);
+    assert_eq!(cc.cwnd, 7000);
+}
