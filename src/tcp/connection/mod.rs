@@ -5,6 +5,7 @@
 
 mod input;
 mod output;
+pub(crate) mod pmtu;
 mod sack;
 mod timers;
 

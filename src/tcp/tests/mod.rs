@@ -10,6 +10,7 @@ mod handshake;
 mod hostile;
 mod limits;
 mod pair;
+mod pmtu;
 mod reliability;
 mod rfc5961;
 mod sack;
