@@ -3,8 +3,10 @@
 //
 // IPv4 TCP to a chosen local port (and, when configured, to the local
 // address) is redirected to the AF_XDP socket of the receive queue it came
-// in on. Everything else -- ARP, ICMP, other ports, IPv6, fragments -- is
-// XDP_PASS, so the kernel keeps doing its job for the rest of the host.
+// in on, and so is an ICMP "fragmentation needed" quoting a segment sent
+// from a chosen port (path MTU discovery is the engine's). Everything else --
+// ARP, other ICMP, other ports, IPv6, fragments -- is XDP_PASS, so the kernel
+// keeps doing its job for the rest of the host.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -93,6 +95,54 @@ static __always_inline int pass(void)
 	return XDP_PASS;
 }
 
+static __always_inline int redirect(struct xdp_md *ctx)
+{
+	int action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	if (action == XDP_REDIRECT)
+		count(CNT_REDIRECTED);
+	else
+		count(CNT_NO_SOCKET);
+	return action;
+}
+
+/* RFC 1191: a router that cannot forward one of our DF segments answers
+ * with ICMP type 3 code 4 quoting its IP header and first 8 bytes (RFC 792).
+ * If the quoted segment left from a chosen port (or a virtual IP's), the
+ * flow is ours, not the kernel's: the shard lowers that connection's MSS
+ * (and checks the quoted sequence number, RFC 5927). Any queue will do: a
+ * shard hands a flow's frames to the owner. */
+static __always_inline int steer_icmp(struct xdp_md *ctx, struct iphdr *ip, __u32 ihl,
+				      void *data_end, struct steer_config *cfg)
+{
+	__u8 *icmp = (void *)ip + ihl;
+	if ((void *)(icmp + 8) > data_end)
+		return pass();
+	if (icmp[0] != 3 || icmp[1] != 4)
+		return pass();
+	struct iphdr *q = (void *)(icmp + 8);
+	if ((void *)(q + 1) > data_end)
+		return pass();
+	if (q->protocol != IPPROTO_TCP)
+		return pass();
+	__u32 qihl = q->ihl * 4;
+	if (qihl < sizeof(*q))
+		return pass();
+	__u16 *qports = (void *)q + qihl;
+	if ((void *)(qports + 2) > data_end)
+		return pass();
+	__u32 sport = bpf_ntohs(qports[0]);
+	struct vip_key vk = { .addr = q->saddr, .port = sport };
+	__u8 *vip = bpf_map_lookup_elem(&vips, &vk);
+	if (!vip || !*vip) {
+		if (cfg->local_ip && q->saddr != cfg->local_ip)
+			return pass();
+		__u8 *chosen = bpf_map_lookup_elem(&chosen_ports, &sport);
+		if (!chosen || !*chosen)
+			return pass();
+	}
+	return redirect(ctx);
+}
+
 SEC("xdp")
 int turnstile_steer(struct xdp_md *ctx)
 {
@@ -111,7 +161,7 @@ int turnstile_steer(struct xdp_md *ctx)
 		count(CNT_MALFORMED);
 		return XDP_PASS;
 	}
-	if (ip->protocol != IPPROTO_TCP)
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_ICMP)
 		return pass();
 	/* Fragments stay with the kernel: it reassembles, we never do. */
 	if (ip->frag_off & bpf_htons(0x3fff))
@@ -126,6 +176,8 @@ int turnstile_steer(struct xdp_md *ctx)
 		count(CNT_MALFORMED);
 		return XDP_PASS;
 	}
+	if (ip->protocol == IPPROTO_ICMP)
+		return steer_icmp(ctx, ip, ihl, data_end, cfg);
 	/* Only the ports are needed here; user space checks the rest. */
 	__u16 *ports = (void *)ip + ihl;
 	if ((void *)(ports + 2) > data_end) {
@@ -165,12 +217,7 @@ int turnstile_steer(struct xdp_md *ctx)
 		}
 	}
 
-	int action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-	if (action == XDP_REDIRECT)
-		count(CNT_REDIRECTED);
-	else
-		count(CNT_NO_SOCKET);
-	return action;
+	return redirect(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -87,6 +87,10 @@ pub struct ShardMetrics {
     pub syn_cookies_rejected: AtomicU64,
     pub syn_cookies_no_overflow: AtomicU64,
     pub challenge_acks_suppressed: AtomicU64,
+    pub icmp_frag_lowered: AtomicU64,
+    pub icmp_frag_not_in_flight: AtomicU64,
+    pub icmp_frag_not_lower: AtomicU64,
+    pub icmp_frag_unknown_flow: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -248,6 +252,22 @@ impl Registry {
             "counter",
             "RFC 5961 challenge ACKs not sent (over the per-connection or TIME_WAIT budget).",
             &[("", s(|m| &m.challenge_acks_suppressed))],
+        );
+        metric(
+            "turnstile_icmp_frag_needed_total",
+            "counter",
+            "ICMP \"fragmentation needed\" quoting our segments (path MTU discovery): \
+             lowered (a connection's MSS fell), not_in_flight (quoted sequence number not \
+             in flight: stale or forged, RFC 5927), not_lower, unknown_flow.",
+            &[
+                ("result=\"lowered\"", s(|m| &m.icmp_frag_lowered)),
+                (
+                    "result=\"not_in_flight\"",
+                    s(|m| &m.icmp_frag_not_in_flight),
+                ),
+                ("result=\"not_lower\"", s(|m| &m.icmp_frag_not_lower)),
+                ("result=\"unknown_flow\"", s(|m| &m.icmp_frag_unknown_flow)),
+            ],
         );
         metric(
             "turnstile_neighbors",

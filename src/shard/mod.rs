@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::app::{App, Ctx};
 use crate::metrics::ShardMetrics;
 use crate::tcp::{ConnId, Endpoint, Event, FourTuple, Instant};
+use crate::wire::icmp::FragNeeded;
 use crate::wire::{self, DATA_PAYLOAD_AT, FrameMeta, ParsedFrame, TcpFlags};
 use crate::xdp::CookieState;
 use crate::xsk::{SendOutcome, XskSocket};
@@ -207,7 +208,7 @@ impl<A: App> Shard<A> {
         while let Some(h) = self.exchange.recv(self.id) {
             // Parsed (and checked) once more: cheap next to the copy, and
             // the owner never trusts another shard's view of its frame.
-            if let Ok(p) = wire::parse_frame(&h.buf[..h.len]) {
+            if let Ok(p) = parse_incoming(&h.buf[..h.len]) {
                 deliver(&mut self.endpoint, &mut self.neighbors, &p, now);
             }
             self.exchange.release(h);
@@ -243,20 +244,17 @@ impl<A: App> Shard<A> {
             vips,
             ..
         } = self;
-        let got = xsk.recv_batch(|frame| match wire::parse_frame(frame) {
+        let got = xsk.recv_batch(|frame| match parse_incoming(frame) {
             Err(reason) => metrics.dropped(reason),
             Ok(p) => {
-                if p.meta.dst_ip != *local_ip && !vips.contains(&p.meta.dst_ip) {
+                let (local, remote) = p.flow();
+                let ours = |ip: &Ipv4Addr| ip == local_ip || vips.contains(ip);
+                if !ours(&p.dst_ip()) || !ours(local.ip()) {
                     ShardMetrics::add(&metrics.rx_not_local, 1);
                     return;
                 }
-                let owner = flows.owner(
-                    *id,
-                    p.meta.dst_ip,
-                    p.tcp.dst_port,
-                    p.meta.src_ip,
-                    p.tcp.src_port,
-                );
+                let owner =
+                    flows.owner(*id, *local.ip(), local.port(), *remote.ip(), remote.port());
                 if owner != *id {
                     if exchange.send(*id, owner, frame) {
                         ShardMetrics::add(&metrics.handoff, 1);
@@ -377,6 +375,10 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.syn_cookies_rejected, e.syn_cookies_rejected);
         ShardMetrics::set(&m.syn_cookies_no_overflow, e.syn_cookies_no_overflow);
         ShardMetrics::set(&m.challenge_acks_suppressed, e.challenge_acks_suppressed);
+        ShardMetrics::set(&m.icmp_frag_lowered, e.pmtu_lowered);
+        ShardMetrics::set(&m.icmp_frag_not_in_flight, e.icmp_not_in_flight);
+        ShardMetrics::set(&m.icmp_frag_not_lower, e.icmp_not_lower);
+        ShardMetrics::set(&m.icmp_frag_unknown_flow, e.icmp_unknown_flow);
         let n = &self.neighbors;
         ShardMetrics::set(&m.connect_unreachable, n.stats.connect_unreachable);
         ShardMetrics::set(&m.neighbors_kernel, n.kernel_len() as u64);
@@ -390,12 +392,67 @@ impl<A: App> Shard<A> {
     }
 }
 
+/// What the XDP program sends a shard: a TCP segment, or an ICMP
+/// "fragmentation needed" quoting one of ours (it steers no other ICMP).
+enum Incoming<'a> {
+    Tcp(ParsedFrame<'a>),
+    FragNeeded(FragNeeded),
+}
+
+impl Incoming<'_> {
+    /// The flow it belongs to: (our side, the peer's side).
+    fn flow(&self) -> (SocketAddrV4, SocketAddrV4) {
+        match self {
+            Incoming::Tcp(p) => (
+                SocketAddrV4::new(p.meta.dst_ip, p.tcp.dst_port),
+                SocketAddrV4::new(p.meta.src_ip, p.tcp.src_port),
+            ),
+            Incoming::FragNeeded(f) => (f.local, f.remote),
+        }
+    }
+
+    fn dst_ip(&self) -> Ipv4Addr {
+        match self {
+            Incoming::Tcp(p) => p.meta.dst_ip,
+            Incoming::FragNeeded(f) => f.meta.dst_ip,
+        }
+    }
+}
+
+/// Parses a received frame; ICMP is tried only for what is not TCP, so a
+/// TCP segment is parsed once.
+#[inline]
+fn parse_incoming(frame: &[u8]) -> Result<Incoming<'_>, wire::DropReason> {
+    match wire::parse_frame(frame) {
+        Ok(p) => Ok(Incoming::Tcp(p)),
+        Err(wire::DropReason::NotTcp) => {
+            wire::icmp::parse_frag_needed(frame).map(Incoming::FragNeeded)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One frame to the engine.
+#[inline]
+fn deliver(ep: &mut Endpoint, neighbors: &mut Neighbors, p: &Incoming<'_>, now: Instant) {
+    match p {
+        Incoming::Tcp(p) => deliver_segment(ep, neighbors, p, now),
+        // Nothing is learned from it: the router is not a peer of ours.
+        Incoming::FragNeeded(f) => ep.handle_frag_needed(f, now),
+    }
+}
+
 /// One segment to the engine. Its source MAC is where a reply goes if
 /// nothing better is known (`note`); it is learned for the peer only once
 /// the engine holds the segment's flow synchronized (`confirm`): a forged
 /// SYN or stray ACK teaches nothing.
 #[inline]
-fn deliver(ep: &mut Endpoint, neighbors: &mut Neighbors, p: &ParsedFrame<'_>, now: Instant) {
+fn deliver_segment(
+    ep: &mut Endpoint,
+    neighbors: &mut Neighbors,
+    p: &ParsedFrame<'_>,
+    now: Instant,
+) {
     let (src, mac) = (p.meta.src_ip, p.meta.src_mac);
     neighbors.note(src, mac);
     ep.handle_segment(p.meta.dst_ip, src, &p.tcp, p.payload, now);

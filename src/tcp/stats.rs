@@ -71,4 +71,12 @@ pub struct Stats {
     pub drop_time_wait: u64,
     pub drop_out_of_order_full: u64,
     pub drop_control_queue_full: u64,
+    /// ICMP "fragmentation needed" that lowered a connection's MSS (RFC 1191).
+    pub pmtu_lowered: u64,
+    /// ... ignored: its quoted sequence number was not in flight (RFC 5927 4.1).
+    pub icmp_not_in_flight: u64,
+    /// ... ignored: the reported MTU was not below the one in use.
+    pub icmp_not_lower: u64,
+    /// ... ignored: it quoted no connection of ours.
+    pub icmp_unknown_flow: u64,
 }

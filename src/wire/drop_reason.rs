@@ -33,11 +33,16 @@ pub enum DropReason {
     BadTcpOptions,
     /// The TCP checksum over pseudo-header, header and payload does not verify.
     BadTcpChecksum,
+    /// An ICMP "fragmentation needed" whose quoted datagram is not an IPv4
+    /// TCP header (the XDP program steers only those quoting our ports).
+    BadIcmp,
+    /// The ICMP checksum does not verify.
+    BadIcmpChecksum,
 }
 
 impl DropReason {
     /// Every variant, in declaration order (`ALL[r.index()] == r`).
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Truncated,
         DropReason::NotIpv4,
         DropReason::NotTcp,
@@ -47,6 +52,8 @@ impl DropReason {
         DropReason::BadTcpHeader,
         DropReason::BadTcpOptions,
         DropReason::BadTcpChecksum,
+        DropReason::BadIcmp,
+        DropReason::BadIcmpChecksum,
     ];
 
     /// Every distinct value [`DropReason::label`] returns, without repeats.
@@ -68,8 +75,12 @@ impl DropReason {
             DropReason::NotTcp => "not_tcp",
             DropReason::BadIpHeader => "bad_ip_header",
             DropReason::Fragment => "fragment",
-            DropReason::BadIpChecksum | DropReason::BadTcpChecksum => "bad_checksum",
-            DropReason::BadTcpHeader | DropReason::BadTcpOptions => "malformed",
+            DropReason::BadIpChecksum
+            | DropReason::BadTcpChecksum
+            | DropReason::BadIcmpChecksum => "bad_checksum",
+            DropReason::BadTcpHeader | DropReason::BadTcpOptions | DropReason::BadIcmp => {
+                "malformed"
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`ethernet`], [`ipv4`], [`tcp`]: checked views and header writers
 //! - [`options`]: TCP option parsing and Linux-layout emission
 //! - [`frame`]: [`parse_frame`] and [`build_frame`] for a whole frame
+//! - [`icmp`]: "fragmentation needed" quoting one of our segments (PMTU discovery)
 //! - [`patch`]: in-place field edits with RFC 1624 checksum updates
 //! - [`drop_reason`]: why a received frame was dropped, with metric labels
 //!
@@ -20,6 +21,7 @@ pub mod checksum;
 pub mod drop_reason;
 pub mod ethernet;
 pub mod frame;
+pub mod icmp;
 pub mod ipv4;
 pub mod options;
 pub mod patch;

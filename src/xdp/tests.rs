@@ -301,3 +301,79 @@ fn without_a_flood_or_with_a_bad_checksum_the_syn_goes_to_the_engine() {
     p.state.disable();
     assert_eq!(run(&p, &syn).0, XDP_PASS);
 }
+
+/// Counter `idx` of the program's per-CPU array, summed.
+fn counter(p: &Prog, idx: u32) -> u64 {
+    p._loaded
+        .counters
+        .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+        .expect("read counters")
+        .map_or(0, |per_cpu| {
+            per_cpu
+                .iter()
+                .map(|v| u64::from_ne_bytes(v[..8].try_into().expect("u64")))
+                .sum()
+        })
+}
+
+/// RFC 1191: a "fragmentation needed" quoting a segment that left from a
+/// chosen port is steered to the AF_XDP socket (here none is bound, so the
+/// program counts `no_socket` and passes it); one quoting another port, or
+/// another ICMP message, stays with the kernel.
+#[test]
+fn frag_needed_quoting_our_segments_is_steered_and_other_icmp_is_not() {
+    if !root() {
+        return;
+    }
+    let p = prog(false);
+    let ours = |sport: u16| {
+        let mut buf = vec![0u8; 2048];
+        let meta = FrameMeta {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 9],
+            src_ip: LOCAL,
+            dst_ip: REMOTE,
+        };
+        let tcp = TcpRepr {
+            src_port: sport,
+            dst_port: 40000,
+            seq: 7,
+            ack: 1,
+            flags: TcpFlags::ACK,
+            window: 100,
+            options: TcpOptions::default(),
+        };
+        let at = wire::frame_header_len(&TcpOptions::default());
+        let len = wire::build_frame(&mut buf, &meta, &tcp, at, 1400).expect("segment");
+        buf.truncate(len);
+        let mut icmp = vec![0u8; 128];
+        let router = Ipv4Addr::new(198, 18, 0, 254);
+        let n = wire::icmp::build_frag_needed(&mut icmp, [2, 0, 0, 0, 0, 9], router, &buf, 1280)
+            .expect("icmp");
+        icmp.truncate(n);
+        icmp
+    };
+    let (redirected, passed, no_socket) = (0, 1, 3);
+    let before = (counter(&p, no_socket), counter(&p, passed));
+    let (verdict, _) = run(&p, &ours(PORT));
+    assert_eq!(verdict, XDP_PASS, "no socket is bound in a test run");
+    assert_eq!(
+        counter(&p, no_socket),
+        before.0 + 1,
+        "steered towards AF_XDP"
+    );
+    assert_eq!(counter(&p, redirected), 0);
+
+    let (_, _) = run(&p, &ours(PORT + 1));
+    assert_eq!(counter(&p, no_socket), before.0 + 1, "not a chosen port");
+    assert_eq!(counter(&p, passed), before.1 + 1);
+
+    // An echo request (type 8) is the kernel's.
+    let mut echo = ours(PORT);
+    echo[34] = 8;
+    echo[35] = 0;
+    let (verdict, _) = run(&p, &echo);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(counter(&p, no_socket), before.0 + 1);
+    assert_eq!(counter(&p, passed), before.1 + 2);
+}

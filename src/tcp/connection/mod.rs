@@ -6,6 +6,7 @@
 mod input;
 mod keepalive;
 mod output;
+pub(crate) mod pmtu;
 mod sack;
 mod timers;
 

@@ -6,6 +6,7 @@
 //! their capacity).
 
 mod active;
+mod icmp;
 mod passive;
 mod time_wait;
 

@@ -12,6 +12,7 @@ mod hostile;
 mod keepalive;
 mod limits;
 mod pair;
+mod pmtu;
 mod reliability;
 mod rfc5961;
 mod sack;

@@ -3,6 +3,7 @@
 //! - `roundtrip`: build then parse, option layouts, payload moves
 //! - `checksum`: RFC 1071 differential and RFC 1624 incremental tests
 //! - `captured`: real frames captured from Linux
+//! - `icmp`: "fragmentation needed" parse, build, corruptions
 //! - `patch`: in-place edits with incremental checksums equal a rebuild
 //! - `props`: property tests over generated headers and corruptions
 
@@ -12,6 +13,7 @@ use super::{FrameMeta, TcpFlags, TcpOptions, TcpRepr, Timestamps};
 
 mod captured;
 mod checksum;
+mod icmp;
 mod malformed;
 mod patch;
 mod props;
