@@ -131,3 +131,182 @@ sys.stdin.read()
         added / 1024
     );
 }
+
+/// Kernel echo backend with its soft file limit raised to the hard one.
+const ECHO_BACKEND_PY: &str = r#"
+import asyncio, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+ip, port = sys.argv[1], int(sys.argv[2])
+async def echo(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await asyncio.start_server(echo, ip, port, backlog=4096, reuse_address=True)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"#;
+
+/// One client process: `n` sessions through the sidecar, each echoing a
+/// byte end to end (client, sidecar, backend and back), then held idle.
+const HOLDING_CLIENT_PY: &str = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for i in range(n):
+    for attempt in range(5):
+        try:
+            s = socket.create_connection((ip, port), timeout=20)
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        print("connect failed", i, flush=True)
+        sys.exit(1)
+    s.sendall(b"x")
+    socks.append(s)
+for s in socks:
+    assert s.recv(1) == b"x"
+print("ready", len(socks), flush=True)
+sys.stdin.read()
+"#;
+
+const SESSIONS: usize = 20_000;
+/// Client processes (each under the 20,000 open files of a process).
+const CLIENT_PROCS: usize = 4;
+/// The memory limit of deploy/kubernetes (512Mi).
+const POD_LIMIT: u64 = 512 << 20;
+
+#[test]
+fn twenty_thousand_idle_proxied_sessions_stay_under_the_pod_limit() {
+    if !need_root() {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = common::lab::Lab::new("idle20k", 0);
+    let script = lab.dir.join("echo_backend.py");
+    std::fs::write(&script, ECHO_BACKEND_PY).unwrap();
+    let mut guards = Vec::new();
+    for ip in lab.backends.clone() {
+        let mut child = lab
+            .topo
+            .client
+            .command("python3")
+            .arg(&script)
+            .args([&ip.to_string(), &common::lab::BACKEND_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn backend");
+        let stdout = child.stdout.take().unwrap();
+        let guard = ChildGuard(child);
+        let line = first_line(stdout, Duration::from_secs(30)).unwrap_or_default();
+        assert_eq!(line.trim(), "ready", "backend {ip} did not start");
+        guards.push(guard);
+    }
+    let list: Vec<String> = (0..3)
+        .map(|i| format!("\"{}\"", lab.backend_addr(i)))
+        .collect();
+    // queues = 2: two shards, each with its own pool and tables (the
+    // manifest runs one; two is the costlier case). The default upstream
+    // ports (61000-65535) hold 4,536 sessions per backend: take 12,768,
+    // below the kernel's ephemeral range.
+    let config = format!(
+        "interface = \"{}\"\nqueues = 2\nmetrics = \"{}\"\n\n[upstream]\nports = \"20000-32767\"\n\n[[listener]]\nport = {}\nbalance = \"round-robin\"\nbackends = [{}]\n",
+        lab.topo.server.dev,
+        common::lab::METRICS,
+        common::lab::LB_PORT,
+        list.join(", ")
+    );
+    let path = lab.write_config("idle20k.toml", &config);
+    lab.start_sidecar(&path);
+    let pid = lab.sidecar_pid() as u32;
+    let heap_before = metric(&lab.metrics(), "turnstile_heap_bytes");
+    let before = rss_bytes(pid);
+    let client = lab.dir.join("holding_client.py");
+    std::fs::write(&client, HOLDING_CLIENT_PY).unwrap();
+    let per = SESSIONS / CLIENT_PROCS;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENT_PROCS {
+        let mut child = lab
+            .topo
+            .client
+            .command("python3")
+            .arg(&client)
+            .args([
+                &lab.topo.server.ip.to_string(),
+                &common::lab::LB_PORT.to_string(),
+                &per.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 client");
+        let stdout = child.stdout.take().unwrap();
+        clients.push((ChildGuard(child), stdout));
+    }
+    let mut peak = before;
+    let mut guards_c = Vec::new();
+    for (guard, stdout) in clients {
+        guards_c.push(guard);
+        let line = first_line(stdout, Duration::from_secs(600)).unwrap_or_default();
+        if line.trim() != format!("ready {per}") {
+            let text = lab.metrics();
+            let failures: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#')
+                        && (l.contains("fail") || l.contains("proxy") || l.contains("dropped"))
+                        && !l.ends_with(" 0")
+                })
+                .collect();
+            let stderr = lab.stderr();
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+            panic!(
+                "a client did not hold its sessions: {line:?}; metrics: {failures:#?}; stderr tail: {tail:#?}"
+            );
+        }
+        peak = peak.max(rss_bytes(pid));
+    }
+    peak = peak.max(rss_bytes(pid));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_bytes(pid);
+    let text = lab.metrics();
+    let heap = metric(&text, "turnstile_heap_bytes");
+    let established = metric(&text, "turnstile_connections_established");
+    let added = after.saturating_sub(before);
+    eprintln!(
+        "turnstile run: RSS {} kB -> {} kB with {SESSIONS} idle proxied sessions ({established} engine connections established): {} bytes each; live heap {heap_before} -> {heap} bytes ({} each); pool allocated {} bytes",
+        before / 1024,
+        after / 1024,
+        added / SESSIONS as u64,
+        heap.saturating_sub(heap_before) / SESSIONS as u64,
+        metric(&text, "turnstile_buffer_pool_bytes{state=\"allocated\"}"),
+    );
+    assert!(
+        established >= 2 * SESSIONS as u64,
+        "both legs of every session are established: {established}"
+    );
+    assert!(
+        after.max(peak) < POD_LIMIT,
+        "RSS {} kB with {SESSIONS} sessions: over the pod's 512Mi",
+        after / 1024
+    );
+    drop(guards_c);
+    drop(guards);
+}
