@@ -9,6 +9,7 @@ mod fixture;
 mod handshake;
 mod hostile;
 mod limits;
+mod link;
 mod pair;
 mod reliability;
 mod rfc5961;
