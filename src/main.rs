@@ -64,6 +64,30 @@ struct Cli {
     command: Command,
 }
 
+/// Memory bounds of connection buffers (`serve`).
+#[derive(clap::Args)]
+struct BufferArgs {
+    /// Receive-buffer autotuning's ceiling per connection, KiB (the window
+    /// grows per RTT to about twice what the app consumed, up to this).
+    #[arg(long, default_value_t = 6 * 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    recv_buffer_max_kb: u64,
+    /// The send buffer follows cwnd up to this, KiB per connection.
+    #[arg(long, default_value_t = 4 * 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    send_buffer_max_kb: u64,
+    /// All connections' buffers of one shard, MiB: past it windows shrink
+    /// (counted in turnstile_buffer_pool_exhausted_total).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    buffer_pool_mb: u64,
+}
+
+impl BufferArgs {
+    fn apply(&self, opts: &mut StackOptions) {
+        opts.tcp.recv_buffer_max = self.recv_buffer_max_kb as usize * 1024;
+        opts.tcp.send_buffer_max = self.send_buffer_max_kb as usize * 1024;
+        opts.tcp.buffer_pool_budget = (self.buffer_pool_mb as usize) << 20;
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum AppKind {
     Echo,
@@ -98,6 +122,8 @@ enum Command {
         /// Clamp the MSS below what the interface MTU allows (MTU - 40).
         #[arg(long, value_parser = clap::value_parser!(u16).range(88..))]
         mss: Option<u16>,
+        #[command(flatten)]
+        buffers: BufferArgs,
         /// The NIC's RSS key as hex bytes (`ethtool -x` prints it), for
         /// drivers that do not report it; needs --rss-table.
         #[arg(long, requires = "rss_table", value_parser = check_key)]
@@ -268,6 +294,7 @@ fn main() -> ExitCode {
             msl_ms,
             metrics,
             mss,
+            buffers,
             rss_key,
             rss_table,
             max_connections,
@@ -286,6 +313,7 @@ fn main() -> ExitCode {
             opts.xdp_mode = xdp_mode;
             opts.metrics = metrics;
             opts.tcp.msl = Duration::from_millis(msl_ms);
+            buffers.apply(&mut opts);
             serve(opts, app)
         }
         Command::Load {

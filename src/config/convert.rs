@@ -21,6 +21,9 @@ impl Config {
         opts.tcp.reuse = self.upstream.reuse;
         opts.tcp.reuse_delay = self.upstream.reuse_delay;
         opts.tcp.max_time_wait = self.upstream.max_time_wait;
+        opts.tcp.recv_buffer_max = self.buffers.recv_max;
+        opts.tcp.send_buffer_max = self.buffers.send_max;
+        opts.tcp.buffer_pool_budget = self.buffers.pool;
         opts.grace = self.timeouts.drain;
         opts.max_connections = self.max_connections;
         opts.state_dir = self.state_dir.clone();

@@ -11,7 +11,7 @@ impl Config {
     /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,
     /// `busy_poll_budget`, `metrics`, `admin`, `admin_token_file` (its
     /// contents too), `access_log`, the set of
-    /// listener ports and everything in `[upstream]`.
+    /// listener ports and everything in `[upstream]` and `[buffers]`.
     pub fn reload_check(&self, new: &Config) -> Result<(), String> {
         let restart = "restart turnstile to change it; SIGHUP reloads backends, balance, [health] and [timeouts] only";
         if new.interface != self.interface {
@@ -57,6 +57,9 @@ impl Config {
         };
         if addresses(new) != addresses(self) {
             return Err(format!("a listener address changed: {restart}"));
+        }
+        if new.buffers != self.buffers {
+            return Err(format!("[buffers] changed: {restart}"));
         }
         if new.upstream != self.upstream {
             return Err(format!("[upstream] changed: {restart}"));
