@@ -19,8 +19,39 @@ use turnstile::runtime::{self, StackOptions};
 use turnstile::xdp::XdpMode;
 use turnstile::xsk::{BusyPoll, ZeroCopy};
 
+/// mimalloc, counting the bytes live on the heap for `turnstile_heap_bytes`
+/// (a relaxed add per allocation: the engine does not allocate per segment,
+/// so this is off the per-packet path).
+struct CountingMimalloc;
+
+// SAFETY: every call is forwarded unchanged to mimalloc; the counter only
+// observes sizes.
+unsafe impl std::alloc::GlobalAlloc for CountingMimalloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        turnstile::metrics::heap_grew(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        turnstile::metrics::heap_grew(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        turnstile::metrics::heap_grew(new);
+        turnstile::metrics::heap_shrank(layout.size());
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        turnstile::metrics::heap_shrank(layout.size());
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: CountingMimalloc = CountingMimalloc;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +62,30 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Memory bounds of connection buffers (`serve`).
+#[derive(clap::Args)]
+struct BufferArgs {
+    /// Receive-buffer autotuning's ceiling per connection, KiB (the window
+    /// grows per RTT to about twice what the app consumed, up to this).
+    #[arg(long, default_value_t = 6 * 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    recv_buffer_max_kb: u64,
+    /// The send buffer follows cwnd up to this, KiB per connection.
+    #[arg(long, default_value_t = 4 * 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    send_buffer_max_kb: u64,
+    /// All connections' buffers of one shard, MiB: past it windows shrink
+    /// (counted in turnstile_buffer_pool_exhausted_total).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    buffer_pool_mb: u64,
+}
+
+impl BufferArgs {
+    fn apply(&self, opts: &mut StackOptions) {
+        opts.tcp.recv_buffer_max = self.recv_buffer_max_kb as usize * 1024;
+        opts.tcp.send_buffer_max = self.send_buffer_max_kb as usize * 1024;
+        opts.tcp.buffer_pool_budget = (self.buffer_pool_mb as usize) << 20;
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -67,6 +122,8 @@ enum Command {
         /// Clamp the MSS below what the interface MTU allows (MTU - 40).
         #[arg(long, value_parser = clap::value_parser!(u16).range(88..))]
         mss: Option<u16>,
+        #[command(flatten)]
+        buffers: BufferArgs,
         /// The NIC's RSS key as hex bytes (`ethtool -x` prints it), for
         /// drivers that do not report it; needs --rss-table.
         #[arg(long, requires = "rss_table", value_parser = check_key)]
@@ -243,6 +300,7 @@ fn main() -> ExitCode {
             msl_ms,
             metrics,
             mss,
+            buffers,
             rss_key,
             rss_table,
             max_connections,
@@ -263,6 +321,7 @@ fn main() -> ExitCode {
             opts.metrics = metrics;
             opts.tcp.msl = Duration::from_millis(msl_ms);
             opts.tcp.keepalive = keepalive;
+            buffers.apply(&mut opts);
             serve(opts, app)
         }
         Command::Load {

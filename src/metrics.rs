@@ -13,6 +13,25 @@ use std::time::Duration;
 use crate::wire::DropReason;
 use crate::xdp::XdpCounters;
 
+/// Bytes live on the heap, kept by the binary's global allocator (see
+/// `heap_grew`); a library user that does not count leaves it at 0.
+static HEAP_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The global allocator handed out `bytes`.
+pub fn heap_grew(bytes: usize) {
+    HEAP_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// The global allocator took back `bytes`.
+pub fn heap_shrank(bytes: usize) {
+    HEAP_BYTES.fetch_sub(bytes as u64, Ordering::Relaxed);
+}
+
+/// Bytes live on the heap now (0 unless the binary counts).
+pub fn heap_bytes() -> u64 {
+    HEAP_BYTES.load(Ordering::Relaxed)
+}
+
 /// Counters and gauges of one shard.
 #[derive(Default, Debug)]
 pub struct ShardMetrics {
@@ -415,6 +434,12 @@ impl Registry {
                 ("state=\"in_use\"", s(|m| &m.buffer_pool_in_use)),
                 ("state=\"allocated\"", s(|m| &m.buffer_pool_allocated)),
             ],
+        );
+        metric(
+            "turnstile_heap_bytes",
+            "gauge",
+            "Bytes live on the process heap (allocated and not freed; what the allocator keeps besides is not counted). 0 when the binary does not count.",
+            &[("", HEAP_BYTES.load(Ordering::Relaxed))],
         );
         metric(
             "turnstile_buffer_pool_exhausted_total",

@@ -27,6 +27,9 @@ impl Config {
             .iter()
             .filter_map(|l| Some((l.port, l.keepalive?)))
             .collect();
+        opts.tcp.recv_buffer_max = self.buffers.recv_max;
+        opts.tcp.send_buffer_max = self.buffers.send_max;
+        opts.tcp.buffer_pool_budget = self.buffers.pool;
         opts.grace = self.timeouts.drain;
         opts.max_connections = self.max_connections;
         opts.state_dir = self.state_dir.clone();

@@ -52,6 +52,8 @@ pub struct Config {
     pub upstream: Upstream,
     pub health: Health,
     pub timeouts: Timeouts,
+    /// Memory bounds of connection buffers (`[buffers]`).
+    pub buffers: Buffers,
     /// Connections held by the whole process at most (`max_connections`).
     pub max_connections: Option<usize>,
     /// Where the ISN/timestamp secret is kept (`state_dir`).
@@ -137,6 +139,30 @@ impl Default for Dns {
         Dns {
             resolvers: None,
             min_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Memory bounds of connection buffers (`[buffers]`, restart to change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffers {
+    /// Receive-buffer autotuning's ceiling per connection, bytes (`recv_max_kb`).
+    pub recv_max: usize,
+    /// The send buffer follows cwnd up to this, bytes (`send_max_kb`).
+    pub send_max: usize,
+    /// All connections' buffers of one shard together, bytes (`pool_mb`):
+    /// past it, advertised windows shrink and sends take less (counted in
+    /// `turnstile_buffer_pool_exhausted_total`).
+    pub pool: usize,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        let tcp = crate::tcp::Config::default();
+        Buffers {
+            recv_max: tcp.recv_buffer_max,
+            send_max: tcp.send_buffer_max,
+            pool: tcp.buffer_pool_budget,
         }
     }
 }

@@ -10,11 +10,12 @@ use toml::Spanned;
 
 use super::error::Source;
 use super::schema::{
-    RawBackend, RawConfig, RawHealth, RawKeepalive, RawListener, RawTimeouts, RawUpstream,
+    RawBackend, RawBuffers, RawConfig, RawHealth, RawKeepalive, RawListener, RawTimeouts,
+    RawUpstream,
 };
 use super::{
-    BackendSettings, Balance, Config, ConfigError, Health, Listener, ProxyProtocol, Timeouts,
-    Upstream,
+    BackendSettings, Balance, Buffers, Config, ConfigError, Health, Listener, ProxyProtocol,
+    Timeouts, Upstream,
 };
 use crate::app::proxy::settings::MAX_WEIGHT;
 use crate::xdp::XdpMode;
@@ -159,6 +160,10 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         None => Timeouts::default(),
         Some(t) => timeouts(&src, t.get_ref())?,
     };
+    let buffers = match &raw.buffers {
+        None => Buffers::default(),
+        Some(b) => buffers(&src, b.get_ref())?,
+    };
 
     if raw.listener.is_empty() {
         return Err(src.error(
@@ -185,6 +190,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         upstream,
         health,
         timeouts,
+        buffers,
         max_connections: raw.max_connections.as_ref().map(|m| *m.get_ref() as usize),
         state_dir: raw.state_dir.as_ref().map_or_else(
             || crate::state::DEFAULT_STATE_DIR.into(),
@@ -317,6 +323,39 @@ fn health(src: &Source<'_>, h: &RawHealth) -> Result<Health, ConfigError> {
             .as_ref()
             .map(|v| *v.get_ref())
             .filter(|&n| n > 0),
+    })
+}
+
+/// `[buffers]`: sizes in kB/MB, each at least 1 unit.
+fn buffers(src: &Source<'_>, b: &RawBuffers) -> Result<Buffers, ConfigError> {
+    let defaults = Buffers::default();
+    let size = |v: Option<&Spanned<u64>>, key: &str, unit: usize, default: usize| match v {
+        None => Ok(default),
+        Some(v) if *v.get_ref() == 0 => Err(src.at(v, format!("{key} = 0: need at least 1"))),
+        Some(v) if *v.get_ref() > (1 << 20) => {
+            Err(src.at(v, format!("{key} = {}: at most 1048576", v.get_ref())))
+        }
+        Some(v) => Ok(*v.get_ref() as usize * unit),
+    };
+    Ok(Buffers {
+        recv_max: size(
+            b.recv_max_kb.as_ref(),
+            "buffers.recv_max_kb",
+            1024,
+            defaults.recv_max,
+        )?,
+        send_max: size(
+            b.send_max_kb.as_ref(),
+            "buffers.send_max_kb",
+            1024,
+            defaults.send_max,
+        )?,
+        pool: size(
+            b.pool_mb.as_ref(),
+            "buffers.pool_mb",
+            1 << 20,
+            defaults.pool,
+        )?,
     })
 }
 

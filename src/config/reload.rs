@@ -12,9 +12,13 @@ impl Config {
     /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,
     /// `busy_poll_budget`, `metrics`, `admin`, `admin_token_file` (its
     /// contents too), `access_log`, the set of
-    /// listener ports, each listener's `keepalive` and everything in `[upstream]`.
+    /// listener ports, each listener's `keepalive` and everything in `[upstream]`
+    /// and `[buffers]`.
     pub fn reload_check(&self, new: &Config) -> Result<(), String> {
-        let restart = "restart turnstile to change it; SIGHUP reloads backends, balance, [health] and [timeouts] only";
+        let restart = "restart turnstile to change it; SIGHUP reloads each listener's backends, \
+                       backends_dns, balance, proxy_protocol, accept_proxy, retries and \
+                       slow_start_ms, [dns], [health], [timeouts], maglev_seed and \
+                       announce_grace_ms only";
         if new.interface != self.interface {
             return Err(format!(
                 "interface changed ({} -> {}): {restart}",
@@ -66,6 +70,9 @@ impl Config {
         };
         if keepalives(new) != keepalives(self) {
             return Err(format!("a listener's keepalive changed: {restart}"));
+        }
+        if new.buffers != self.buffers {
+            return Err(format!("[buffers] changed: {restart}"));
         }
         if new.upstream != self.upstream {
             return Err(format!("[upstream] changed: {restart}"));

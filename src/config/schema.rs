@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub upstream: Option<Spanned<RawUpstream>>,
     pub health: Option<Spanned<RawHealth>>,
     pub timeouts: Option<Spanned<RawTimeouts>>,
+    pub buffers: Option<Spanned<RawBuffers>>,
     pub max_connections: Option<Spanned<u64>>,
     pub state_dir: Option<Spanned<String>>,
     pub maglev_seed: Option<u64>,
@@ -124,6 +125,14 @@ pub struct RawHealth {
     pub fall: Option<Spanned<u32>>,
     pub rise: Option<Spanned<u32>>,
     pub passive_fall: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffers {
+    pub recv_max_kb: Option<Spanned<u64>>,
+    pub send_max_kb: Option<Spanned<u64>>,
+    pub pool_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -548,3 +548,31 @@ fn serve_keepalive_flag_form() {
         assert!(crate::tcp::Keepalive::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn buffers_section_sets_the_memory_bounds() {
+    let base = "interface = \"veth0\"\n[[listener]]\nport = 8080\nbackends = [\"10.1.1.1:80\"]\n";
+    let c = parse(base).unwrap();
+    assert_eq!(c.buffers, Buffers::default());
+    assert_eq!(c.stack_options().tcp.recv_buffer_max, 6 << 20);
+    let c = parse(&format!(
+        "{base}[buffers]\nrecv_max_kb = 64\nsend_max_kb = 128\npool_mb = 32\n"
+    ))
+    .unwrap();
+    let tcp = c.stack_options().tcp;
+    assert_eq!(
+        (
+            tcp.recv_buffer_max,
+            tcp.send_buffer_max,
+            tcp.buffer_pool_budget
+        ),
+        (64 << 10, 128 << 10, 32 << 20)
+    );
+    let e = parse(&format!("{base}[buffers]\npool_mb = 0\n")).unwrap_err();
+    assert!(e.message().starts_with("buffers.pool_mb = 0"), "{e}");
+    assert_eq!(e.line(), 6, "{e}");
+    // Not reloadable.
+    let old = parse(base).unwrap();
+    let new = parse(&format!("{base}[buffers]\nrecv_max_kb = 64\n")).unwrap();
+    assert!(old.reload_check(&new).unwrap_err().contains("[buffers]"));
+}

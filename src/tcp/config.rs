@@ -24,10 +24,20 @@ impl std::fmt::Debug for PortFilter {
 pub struct Config {
     /// Our MSS (advertised in SYNs; 1460 = 1500-byte MTU minus 40 bytes of headers).
     pub mss: u16,
-    /// Receive buffer per connection, bytes (bounds the advertised window).
+    /// Receive buffer per connection at the start, bytes (bounds the
+    /// advertised window until autotuning grows it).
     pub recv_buffer: usize,
-    /// Send buffer per connection, bytes (bounds what `send` accepts).
+    /// Receive-buffer autotuning's ceiling per connection, bytes: once per
+    /// RTT the bound grows to about twice what the application consumed in
+    /// the last one (dynamic right-sizing, Linux's tcp_moderate_rcvbuf), up
+    /// to this (6 MiB like Linux's tcp_rmem max). At or below `recv_buffer`:
+    /// no autotuning.
+    pub recv_buffer_max: usize,
+    /// Send buffer per connection at the start, bytes (bounds what `send` accepts).
     pub send_buffer: usize,
+    /// The send buffer follows the congestion window (twice cwnd, as Linux's
+    /// tcp_sndbuf_expand) up to this many bytes (4 MiB like tcp_wmem max).
+    pub send_buffer_max: usize,
     /// Bytes all connections' buffers may hold together (the endpoint's chunk
     /// pool). Storage is taken in 2 KiB chunks as bytes arrive and given back
     /// when read or acknowledged; when the budget is spent, advertised windows
@@ -123,7 +133,9 @@ impl Default for Config {
         Config {
             mss: 1460,
             recv_buffer: 64 * 1024,
+            recv_buffer_max: 6 << 20,
             send_buffer: 64 * 1024,
+            send_buffer_max: 4 << 20,
             buffer_pool_budget: 256 << 20,
             window_scale: 7,
             timestamps: true,
@@ -189,11 +201,13 @@ impl Config {
             .or(self.keepalive)
     }
 
-    /// The window-scale shift actually offered: at least what `recv_buffer` needs
-    /// to be advertised in 16 bits, at most 14 (RFC 7323 2.3).
+    /// The window-scale shift actually offered: at least what the largest
+    /// receive buffer (`recv_buffer`, or what autotuning may grow it to)
+    /// needs to be advertised in 16 bits, at most 14 (RFC 7323 2.3).
     pub(crate) fn effective_window_scale(&self) -> u8 {
+        let largest = self.recv_buffer.max(self.recv_buffer_max);
         let mut needed = 0u8;
-        while needed < 14 && (self.recv_buffer >> needed) > 0xffff {
+        while needed < 14 && (largest >> needed) > 0xffff {
             needed += 1;
         }
         self.window_scale.max(needed).min(14)

@@ -3,6 +3,8 @@
 //! "seventh, process the segment text").
 
 use super::pool::{Chain, ChunkPool};
+use super::time::Instant;
+use std::time::Duration;
 
 /// Out-of-order intervals kept per connection. A fixed array: no allocation per
 /// segment; a segment that would need a further interval is dropped (and counted).
@@ -27,11 +29,26 @@ pub(crate) struct RecvBuffer {
     readable: usize,
     ooo: [(u32, u32); MAX_OOO],
     ooo_len: u8,
-    /// Most bytes held (bounds the advertised window).
+    /// Most bytes held (bounds the advertised window); grown by `autotune`.
     cap: usize,
     /// What the pool could still lend, as of the last call that saw it.
     pool_room: usize,
+    /// Bytes the application consumed, in all (wrapping: only differences
+    /// over one RTT are used).
+    consumed: u32,
+    /// Dynamic right-sizing: `consumed` and the time at the start of the
+    /// current measurement, and what the last whole one measured.
+    tune_mark: u32,
+    tune_space: u32,
+    tune_at: Instant,
 }
+
+/// The window is sized for 2 RTTs of what the application consumed in one, plus
+/// this many segments of slack (Linux tcp_rcv_space_adjust: `2 * copied + 16 * advmss`).
+const TUNE_SLACK_SEGMENTS: usize = 16;
+/// The first measurement compares with this many segments (Linux: the
+/// initial congestion window, TCP_INIT_CWND).
+const TUNE_INITIAL_SEGMENTS: usize = 10;
 
 impl RecvBuffer {
     pub(crate) fn new(cap: usize) -> Self {
@@ -43,7 +60,48 @@ impl RecvBuffer {
             ooo_len: 0,
             cap,
             pool_room: usize::MAX,
+            consumed: 0,
+            tune_mark: 0,
+            tune_at: Instant::ZERO,
+            tune_space: 0,
         }
+    }
+
+    /// Receive-buffer autotuning, dynamic right-sizing as Linux does it
+    /// (tcp_rcv_space_adjust): once per `rtt`, take the bytes the application
+    /// consumed in it; if more than in the previous one, grow the bound to
+    /// twice that plus slack (and, while it keeps growing, by the growth rate
+    /// again, as a sender in slow start doubles per RTT), up to `max`. The
+    /// bound never shrinks; the pool budget (`window`) still caps what is
+    /// advertised. Returns whether the bound grew.
+    pub(crate) fn autotune(&mut self, now: Instant, rtt: Duration, mss: usize, max: usize) -> bool {
+        if self.tune_space == 0 {
+            self.tune_space = (TUNE_INITIAL_SEGMENTS * mss).min(self.cap).max(1) as u32;
+            self.tune_at = now;
+            self.tune_mark = self.consumed;
+            return false;
+        }
+        if now.saturating_duration_since(self.tune_at) < rtt {
+            return false;
+        }
+        let copied = self.consumed.wrapping_sub(self.tune_mark) as usize;
+        let space = self.tune_space as usize;
+        self.tune_at = now;
+        self.tune_mark = self.consumed;
+        if copied <= space {
+            return false;
+        }
+        let mut window = 2 * copied + TUNE_SLACK_SEGMENTS * mss;
+        // Linux: rcvwin += 2 * rcvwin * (copied - space) / space.
+        let grow = window.saturating_mul(copied - space) / space;
+        window = window.saturating_add(2 * grow);
+        self.tune_space = copied as u32;
+        let target = window.min(max).min(u32::MAX as usize / 2);
+        if target > self.cap {
+            self.cap = target;
+            return true;
+        }
+        false
     }
 
     /// Give every chunk back (the connection is gone).
@@ -203,6 +261,7 @@ impl RecvBuffer {
     pub(crate) fn discard(&mut self, n: usize, pool: &mut ChunkPool) {
         let n = n.min(self.readable);
         self.readable -= n;
+        self.consumed = self.consumed.wrapping_add(n as u32);
         let shift = n as u32;
         let len = self.ooo_len as usize;
         for iv in &mut self.ooo[..len] {

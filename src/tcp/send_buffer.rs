@@ -40,6 +40,10 @@ impl SendBuffer {
     pub(crate) fn free_in(&self, pool: &ChunkPool) -> usize {
         self.free().min(self.chain.spare(self.len) + pool.room())
     }
+    /// Let the buffer grow to `cap` bytes (it never shrinks below what it has).
+    pub(crate) fn grow_to(&mut self, cap: usize) {
+        self.cap = self.cap.max(cap);
+    }
     /// Chunks held now.
     #[cfg(test)]
     pub(crate) fn chunks(&self) -> usize {

@@ -61,6 +61,8 @@ pub struct Stats {
     /// `max_connections`.
     pub syn_dropped_max_connections: u64,
     pub accept_queue_overflow: u64,
+    /// Times receive-buffer autotuning grew a connection's bound.
+    pub recv_buffer_grown: u64,
     /// Segments dropped, by reason.
     pub dropped_segments: u64,
     pub drop_malformed: u64,

@@ -467,6 +467,11 @@ impl Connection {
             self.fast_rexmit = true;
             self.rtt_timing = None;
         }
+        // The send buffer follows cwnd (twice it, as Linux's
+        // tcp_sndbuf_expand), so a path with a large window is not
+        // limited by the initial buffer.
+        self.send_buf
+            .grow_to((2 * self.cc.cwnd as usize).min(ctx.cfg.send_buffer_max));
         self.retries = 0;
         self.persist_backoff = 0;
         // RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
@@ -504,6 +509,17 @@ impl Connection {
             ctx.stats.drop_out_of_order_full += u64::from(offset > 0);
         }
         self.rcv_nxt += r.advanced as u32;
+        if r.advanced > 0
+            && let Some(srtt) = self.rtt.srtt_us()
+            && self.recv_buf.autotune(
+                now,
+                Duration::from_micros(u64::from(srtt)),
+                usize::from(self.neg.snd_mss),
+                ctx.cfg.recv_buffer_max,
+            )
+        {
+            ctx.stats.recv_buffer_grown += 1;
+        }
         if r.advanced > 0 {
             // Owed duplicates would now repeat a new ACK: a sender would take
             // them for duplicates of it and retransmit spuriously.

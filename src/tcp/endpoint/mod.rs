@@ -8,6 +8,7 @@
 mod active;
 mod icmp;
 mod passive;
+mod slots;
 mod time_wait;
 
 use super::config::Config;
@@ -61,7 +62,7 @@ pub struct BufferPoolStats {
 pub struct Endpoint {
     config: Config,
     keys: Keys,
-    slots: Vec<Slot>,
+    slots: slots::Slots<Slot>,
     free_slots: Vec<u32>,
     by_tuple: FxHashMap<FourTuple, u32>,
     listeners: FxHashMap<u16, Listener>,
@@ -94,7 +95,7 @@ impl Endpoint {
         let time_wait = TimeWaitTable::new(config.max_time_wait);
         Endpoint {
             keys: Keys::new(secret),
-            slots: Vec::new(),
+            slots: slots::Slots::default(),
             free_slots: Vec::new(),
             by_tuple: FxHashMap::default(),
             listeners: FxHashMap::default(),
@@ -669,7 +670,7 @@ impl Endpoint {
 }
 
 /// The connection behind an application's id, if it is still the application's.
-fn app_conn_mut(slots: &mut [Slot], id: ConnId) -> Result<&mut Connection, ConnError> {
+fn app_conn_mut(slots: &mut slots::Slots<Slot>, id: ConnId) -> Result<&mut Connection, ConnError> {
     match slots.get_mut(id.index as usize) {
         Some(Slot {
             generation,

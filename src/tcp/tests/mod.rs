@@ -11,6 +11,7 @@ mod handshake;
 mod hostile;
 mod keepalive;
 mod limits;
+mod link;
 mod pair;
 mod pmtu;
 mod reliability;

@@ -201,6 +201,7 @@ fn delayed_ack_waits_then_acks_every_second_full_segment() {
 fn writable_follows_a_short_send() {
     let small = Config {
         send_buffer: 3000,
+        send_buffer_max: 3000,
         ..config()
     };
     let mut p = Pair::with_configs(small, config());

@@ -53,9 +53,12 @@ struct Sim {
 
 fn tcp_config() -> tcp::Config {
     tcp::Config {
-        // Small buffers make backpressure visible quickly.
+        // Small buffers, held fixed (no autotuning, no growth with cwnd),
+        // make backpressure visible quickly and its bound exact.
         recv_buffer: 16 * 1024,
+        recv_buffer_max: 16 * 1024,
         send_buffer: 16 * 1024,
+        send_buffer_max: 16 * 1024,
         ..tcp::Config::default()
     }
 }
