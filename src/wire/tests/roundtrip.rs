@@ -190,6 +190,8 @@ fn drop_reason_labels_are_stable() {
             "bad_checksum",
             "malformed",
             "malformed",
+            "bad_checksum",
+            "malformed",
             "bad_checksum"
         ]
     );
