@@ -379,8 +379,12 @@ fn sidecar_weights_1_2_3_over_30000_maglev_clients() {
     }
     let total: u64 = c.values().sum();
     assert_eq!(total, 30_000, "{c:?}");
-    // The table (what the implementation decides): each backend's slots
-    // within 2% of its weight's share.
+    // The table: each slot goes to the best weighted rendezvous score
+    // (src/app/proxy/maglev.rs), so a backend's slots are themselves 65,537
+    // independent draws: sigma is 0.87% of the 1/6 share, and a fixed 2%
+    // bound failed for one set of the topology's random addresses (10,682
+    // slots for weight 1, -2.2%, in a fresh-clone run). Checked: within 4
+    // sigma of the weight's share; the figures are printed.
     let table = lab
         .topo
         .server
@@ -398,11 +402,18 @@ fn sidecar_weights_1_2_3_over_30000_maglev_clients() {
         .collect();
     let size: u64 = slots.iter().sum();
     for (i, w) in [1u64, 2, 3].into_iter().enumerate() {
-        let want = size * w / 6;
+        let p = w as f64 / 6.0;
+        let want = size as f64 * p;
+        let sigma = (size as f64 * p * (1.0 - p)).sqrt();
         assert!(
-            slots[i].abs_diff(want) * 50 <= want,
-            "weight {w}: {} of {size} slots (want {want} within 2%): {table}",
+            (slots[i] as f64 - want).abs() <= 4.0 * sigma,
+            "weight {w}: {} of {size} slots (want {want:.0}, sigma {sigma:.0}): {table}",
             slots[i]
+        );
+        eprintln!(
+            "weight {w}: {} slots of {size} ({:+.2}% of its share)",
+            slots[i],
+            100.0 * (slots[i] as f64 - want) / want
         );
     }
     // The clients: 30,000 draws from those shares. Sampling alone has a
