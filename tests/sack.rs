@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
-use std::time::Duration;
-
 use common::lab::*;
+use common::peers::Haproxy;
 use common::*;
 
 /// 5% of the TCP segments from `proxy` into the client namespace (where the
@@ -111,48 +109,20 @@ fn transfer(lab: &Lab, size: u64) -> Transfer {
 }
 
 /// HAProxy 2.6 (one thread, as the sidecar runs one queue here) in the
-/// server namespace on the sidecar's address and port, killed on drop.
-struct Haproxy(Child);
-
-impl Haproxy {
-    fn start(lab: &Lab) -> Haproxy {
-        let cfg = lab.write_config(
-            "haproxy.cfg",
-            &format!(
-                "global\n  nbthread 1\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
-                 timeout client 120s\n  timeout server 120s\nfrontend f\n  bind {}:{LB_PORT}\n  \
-                 default_backend b\nbackend b\n  server s0 {}\n",
-                lab.topo.server.ip,
-                lab.backend_addr(0)
-            ),
-        );
-        let child = lab
-            .topo
-            .server
-            .command("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn haproxy (apt-get install haproxy)");
-        let listening = eventually(Duration::from_secs(10), || {
-            lab.topo
-                .server
-                .sh_ok(&format!("ss -Hltn 'sport = :{LB_PORT}'"))
-                .is_ok_and(|o| !o.trim().is_empty())
-        });
-        assert!(listening, "haproxy did not listen");
-        Haproxy(child)
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// server namespace on the sidecar's address and port, in front of
+/// backend 0; killed on drop.
+fn start_haproxy(lab: &Lab) -> Haproxy {
+    let cfg = lab.write_config(
+        "haproxy.cfg",
+        &format!(
+            "global\n  nbthread 1\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+             timeout client 120s\n  timeout server 120s\nfrontend f\n  bind {}:{LB_PORT}\n  \
+             default_backend b\nbackend b\n  server s0 {}\n",
+            lab.topo.server.ip,
+            lab.backend_addr(0)
+        ),
+    );
+    Haproxy::run(&lab.topo.server, &cfg, LB_PORT)
 }
 
 /// One queue (one shard), as the issue's figures: the veth gets one rx queue.
@@ -242,7 +212,7 @@ fn sidecar_against_haproxy_50_mib_each_way_under_5_percent_loss() {
         ours.push(t.secs);
         lab.stop_sidecar();
 
-        let h = Haproxy::start(&lab);
+        let h = start_haproxy(&lab);
         drop_proxy_segments(&lab, 5);
         let t = transfer(&lab, size);
         assert_eq!((t.bytes, t.exact), (size, true), "haproxy round {round}");

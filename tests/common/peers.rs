@@ -105,10 +105,16 @@ impl Haproxy {
             ),
         )
         .unwrap();
+        Self::run(ns, &cfg, bind.1)
+    }
+
+    /// Runs `haproxy -db -f cfg` in `ns` and waits (bounded) until it
+    /// listens on `port`; killed on drop.
+    pub fn run(ns: &Host, cfg: &Path, port: u16) -> Self {
         let child = ns
             .command("haproxy")
             .args(["-db", "-f"])
-            .arg(&cfg)
+            .arg(cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -116,7 +122,7 @@ impl Haproxy {
             .expect("spawn haproxy (apt-get install haproxy)");
         let h = Haproxy(child);
         let up = eventually(Duration::from_secs(10), || {
-            ns.sh_ok(&format!("ss -Hltn 'sport = :{}'", bind.1))
+            ns.sh_ok(&format!("ss -Hltn 'sport = :{port}'"))
                 .is_ok_and(|o| !o.trim().is_empty())
         });
         assert!(up, "haproxy did not listen");
