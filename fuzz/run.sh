@@ -11,7 +11,7 @@
 # tcp_options, FUZZ_ENGINE_RUNS (default 120,000, about 40 s) for the
 # engine. A time-bounded run gave the gate a random verdict: one CI-length
 # run found an engine crash the next did not (that input is kept in
-# fuzz/crashes/engine/, not yet fixed, issue #11). FUZZ_SECONDS and
+# fuzz/corpus/engine/ once fixed). FUZZ_SECONDS and
 # FUZZ_ENGINE_SECONDS only cap the time (a capped run is a prefix of the
 # same sequence). Longer or other-seeded exploration is for a developer:
 # FUZZ_SEED=$RANDOM FUZZ_ENGINE_RUNS=10000000 bash fuzz/run.sh.

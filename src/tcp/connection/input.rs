@@ -347,8 +347,13 @@ impl Connection {
         // whose ACK advances SND.UNA: the RFC's SND.UNA + SND.WND would
         // otherwise carry an old window forward to the new SND.UNA, past the
         // edge the peer offered (a retransmission of old data that brings a
-        // new ACK and a closed window, found by the engine fuzzer).
-        if self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) || ack > old_una {
+        // new ACK and a closed window, found by the engine fuzzer). Only
+        // "If SND.UNA =< SEG.ACK =< SND.NXT": an old ACK below SND.UNA (RFC
+        // 5961 lets it in) offered its window from its own, older number,
+        // and applied at SND.UNA it would reach past that edge (fuzzer).
+        if ack >= old_una
+            && (self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) || ack > old_una)
+        {
             self.snd_wnd = window;
             self.max_snd_wnd = self.max_snd_wnd.max(window);
             self.snd_wl1 = seq;
