@@ -6,36 +6,48 @@
 //! whichever instance the router picks, and must keep doing so after any
 //! sequence of reloads and health changes. So the table may depend on
 //! nothing but its inputs: not on the order of the configuration file, not
-//! on the previous table.
+//! on the previous table. Backends are sorted by address first, and nothing
+//! below uses a float or the platform's libm.
 //!
-//! Population. The paper lets backends take turns claiming the next free
-//! slot of their permutation; removing a backend then also moves a few
-//! slots between the backends that stay (its table is "nearly" minimally
-//! disruptive). A pure function cannot do better by remembering: if
-//! removing any one backend must leave every other backend's slots in place
-//! for every set, each slot must have a fixed order of preference over all
-//! backends and belong to the first present one. We build exactly that: a
-//! slot belongs to the backend with the best weighted rendezvous score
-//! (Thaler and Ravishankar's highest random weight, with Schindelhauer and
-//! Schomaker's logarithmic weighting: score = -ln(u) / weight for a
-//! pseudo-random u of (seed, backend, slot); the lowest wins, so a
-//! backend's expected share is weight / total weight). Consequences:
-//! - removing a backend moves exactly its slots; adding one moves slots
-//!   only to it; a weight change moves slots only to or from that backend;
-//! - shares are statistical rather than exact: with M = 65537 slots and n
-//!   equal backends each holds M/n +- sqrt(M/n) or so (0.7 % for n = 3);
-//! - building costs M x n scores (about 10 ms per 10 backends here), done
-//!   on the control thread, never on a shard.
+//! Population is the paper's (its Pseudocode 1), weighted by turns as the
+//! paper's section 3.4 suggests and as IPVS's `mh` scheduler does: each
+//! backend has a permutation of the M slots, `offset = h1(name) mod M`,
+//! `skip = h2(name) mod (M - 1) + 1`, `permutation[j] = (offset + j * skip)
+//! mod M`; backends take turns, and at its turn a backend claims the next
+//! slot of its permutation that is still empty. Two refinements make the
+//! shares exact for every address set:
+//! - Turns are dealt in Sainte-Lague (Webster) order: the next turn goes to
+//!   the backend with the least `(2 * claimed + 1) / weight` (ties: lower
+//!   address). After any number t of turns each backend has claimed within
+//!   about one slot of `t * weight / sum`, so the turns interleave finely
+//!   (IPVS's "weight / gcd turns in a row" leaves the last, partial round
+//!   to the first backends and can skew a share by up to a weight).
+//! - A backend stops taking turns at its quota, `M * weight / sum` rounded
+//!   by largest remainder (Hamilton): quotas add up to M and each is within
+//!   one slot of the exact share.
+//!
+//! Consequences (measured by the tests below):
+//! - each backend holds its quota: within one slot of `M * weight / sum`,
+//!   whatever the addresses (1:2:3 over 65537 slots: 10923, 21846, 32768);
+//! - removing (or draining, or ejecting) one of N backends moves its slots
+//!   and a few more: the survivors' quotas grow and their claims shift a
+//!   little (the paper's "nearly" minimal disruption). Measured here for
+//!   N = 3 to 250 equal backends: its own 1/N of the slots plus at most 510
+//!   more (0.8% of the table; 93 for N = 3), where a rehash would move
+//!   (N-1)/N (`removing_one_of_n_moves_about_one_nth`);
+//! - building costs about M * ln(M) probes plus M heap steps (2 ms for 3
+//!   backends, 6 ms for 100 in the ci build on a loaded machine;
+//!   `rebuild_time` prints it), done on the control thread, never on a
+//!   shard.
 //!
 //! Lookup is the paper's: a client's address hashes to a slot, the slot
 //! names its backend.
 //!
-//! Determinism across machines: the hashes are SipHash and a 64-bit
-//! finaliser; the logarithm is computed here from IEEE-754 additions,
-//! multiplications and divisions (correctly rounded everywhere; Rust never
-//! contracts them into FMAs), not from the platform's libm, whose last bit
-//! may differ between libc versions.
+//! Determinism across machines: the hashes are SipHash with fixed keys
+//! mixed with the seed; everything else is integer arithmetic.
 
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::hash::Hasher;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -48,8 +60,9 @@ pub const TABLE_SIZE: usize = 65537;
 const NONE: u16 = u16::MAX;
 
 // Fixed keys, mixed with the configured seed: every instance with the same
-// seed computes the same backend scores and the same client slots.
-const KEY_BACKEND: (u64, u64) = (0x7475_726e_7374_696c, 0x6d61_676c_6576_2d6f);
+// seed computes the same permutations and the same client slots.
+const KEY_OFFSET: (u64, u64) = (0x7475_726e_7374_696c, 0x6d61_676c_6576_2d6f);
+const KEY_SKIP: (u64, u64) = (0x736b_6970_2d6d_6167, 0x6c65_762d_7475_726e);
 const KEY_CLIENT: (u64, u64) = (0x636c_6965_6e74_2d6b, 0x6579_2d74_7572_6e73);
 
 fn sip(key: (u64, u64), bytes: &[u8]) -> u64 {
@@ -58,13 +71,8 @@ fn sip(key: (u64, u64), bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// The 64-bit finaliser of SplitMix64 (Steele, Lea, Flood 2014): a
-/// bijection with full avalanche, cheap enough for M x n calls.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+fn seeded(key: (u64, u64), seed: u64) -> (u64, u64) {
+    (key.0 ^ seed, key.1 ^ seed.rotate_left(32))
 }
 
 fn name_bytes(addr: SocketAddrV4) -> [u8; 6] {
@@ -74,40 +82,65 @@ fn name_bytes(addr: SocketAddrV4) -> [u8; 6] {
     b
 }
 
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// The hash of a client address that selects its slot.
 pub fn client_key(ip: Ipv4Addr) -> u64 {
     sip(KEY_CLIENT, &ip.octets())
 }
 
-/// ln(x) for x in (0, 1], from correctly rounded operations only, so every
-/// machine gets the same bits. x = m * 2^e with m in [sqrt(1/2), sqrt(2)),
-/// ln(m) = 2 atanh(t) with t = (m - 1) / (m + 1), |t| < 0.172: 12 terms of
-/// the odd series leave an error below 1e-19, past f64's precision.
-fn ln_portable(x: f64) -> f64 {
-    debug_assert!(x > 0.0 && x <= 1.0 && x.is_normal());
-    const LN2: f64 = std::f64::consts::LN_2;
-    let bits = x.to_bits();
-    let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
-    let mut m = f64::from_bits((bits & ((1u64 << 52) - 1)) | (1023u64 << 52));
-    if m > std::f64::consts::SQRT_2 {
-        m /= 2.0;
-        e += 1;
-    }
-    let t = (m - 1.0) / (m + 1.0);
-    let t2 = t * t;
-    let mut term = t;
-    let mut sum = 0.0;
-    for k in 0..12 {
-        sum += term / (2 * k + 1) as f64;
-        term *= t2;
-    }
-    2.0 * sum + e as f64 * LN2
+/// A backend's place in the turn order: the one with the least
+/// `(2 * claimed + 1) / weight` goes next (Sainte-Lague's divisors), ties to
+/// the lower index. [`BinaryHeap`] is a max-heap, so "greater" here means
+/// "sooner".
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Turn {
+    /// `2 * claimed + 1`.
+    divisor: u64,
+    weight: u32,
+    index: u32,
 }
 
-/// A uniform value in (0, 1] from 53 bits of `h` (never 0: ln is finite).
-#[inline]
-fn unit(h: u64) -> f64 {
-    ((h >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+impl Ord for Turn {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // a/wa < b/wb  <=>  a * wb < b * wa (u128: no overflow for any
+        // u32 weight and any table size).
+        let a = u128::from(self.divisor) * u128::from(other.weight);
+        let b = u128::from(other.divisor) * u128::from(self.weight);
+        b.cmp(&a).then(other.index.cmp(&self.index))
+    }
+}
+
+impl PartialOrd for Turn {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `m` split in proportion to `weights` by largest remainder (Hamilton):
+/// each quota is `m * w / sum` rounded down, and the slots left over go one
+/// each to the largest remainders (ties: lower index). Every quota is
+/// within one of the exact share and they add up to `m`.
+fn quotas(weights: &[u32], m: u64) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    let mut q: Vec<u64> = Vec::with_capacity(weights.len());
+    let mut rem: Vec<(u128, usize)> = Vec::with_capacity(weights.len());
+    for (i, &w) in weights.iter().enumerate() {
+        let p = u128::from(m) * u128::from(w);
+        q.push((p / sum) as u64);
+        rem.push((p % sum, i));
+    }
+    let left = m - q.iter().sum::<u64>();
+    rem.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in rem.iter().take(left as usize) {
+        q[i] += 1;
+    }
+    q
 }
 
 /// A lookup table from client hashes to backends.
@@ -154,40 +187,55 @@ impl Maglev {
         table
     }
 
-    /// Every slot goes to the backend with the lowest -ln(u) / weight;
-    /// ties (vanishingly rare) to the lower address.
+    /// The paper's Pseudocode 1 with weighted turns and quotas (module doc).
     fn populate(&mut self) {
-        if self.backends.is_empty() {
+        let n = self.backends.len();
+        if n == 0 {
             return;
         }
-        let key = (
-            KEY_BACKEND.0 ^ self.seed,
-            KEY_BACKEND.1 ^ self.seed.rotate_left(32),
-        );
-        let salts: Vec<u64> = self
-            .backends
-            .iter()
-            .map(|&b| sip(key, &name_bytes(b)))
-            .collect();
-        let uniform = self.weights.iter().all(|&w| w == self.weights[0]);
-        for (slot, entry) in self.entries.iter_mut().enumerate() {
-            let s = mix(slot as u64 ^ 0x9e37_79b9_7f4a_7c15);
-            let score = |i: usize| mix(salts[i] ^ s);
-            let best = if uniform {
-                // Equal weights: -ln(u)/w is lowest where u is highest, so
-                // compare the hashes themselves (no logarithm).
-                (0..salts.len()).max_by_key(|&i| (score(i), std::cmp::Reverse(i)))
-            } else {
-                (0..salts.len()).min_by(|&a, &b| {
-                    let sa = -ln_portable(unit(score(a))) / self.weights[a] as f64;
-                    let sb = -ln_portable(unit(score(b))) / self.weights[b] as f64;
-                    sa.total_cmp(&sb).then(a.cmp(&b))
-                })
-            };
-            *entry = best.map_or(NONE, |i| i as u16);
+        let m = self.entries.len() as u64;
+        let (ko, ks) = (seeded(KEY_OFFSET, self.seed), seeded(KEY_SKIP, self.seed));
+        // Per backend: where it is in its permutation (the slot it looks at
+        // next) and its step. The paper's skip is in [1, M - 1], coprime
+        // with a prime M; for another M the next coprime step is taken, so
+        // every permutation still visits every slot.
+        let mut next: Vec<u64> = Vec::with_capacity(n);
+        let mut skip: Vec<u64> = Vec::with_capacity(n);
+        for &b in &self.backends {
+            let name = name_bytes(b);
+            next.push(sip(ko, &name) % m);
+            let mut s = sip(ks, &name) % (m - 1) + 1;
+            while gcd(s, m) != 1 {
+                s = s % (m - 1) + 1;
+            }
+            skip.push(s);
         }
+        let quota = quotas(&self.weights, m);
+        let mut heap: BinaryHeap<Turn> = (0..n)
+            .filter(|&i| quota[i] > 0)
+            .map(|i| Turn {
+                divisor: 1,
+                weight: self.weights[i],
+                index: i as u32,
+            })
+            .collect();
+        // Quotas add up to M and every claim fills one empty slot, so the
+        // heap empties exactly when the table is full.
+        while let Some(mut turn) = heap.pop() {
+            let i = turn.index as usize;
+            while self.entries[next[i] as usize] != NONE {
+                next[i] = (next[i] + skip[i]) % m;
+            }
+            self.entries[next[i] as usize] = i as u16;
+            next[i] = (next[i] + skip[i]) % m;
+            let claimed = turn.divisor / 2 + 1;
+            if claimed < quota[i] {
+                turn.divisor += 2;
+                heap.push(turn);
+            }
+        }
+        debug_assert!(self.entries.iter().all(|&e| e != NONE));
     }
-
     /// The backends the table was built for, sorted by address.
     pub fn backends(&self) -> &[SocketAddrV4] {
         &self.backends
@@ -272,6 +320,9 @@ impl Maglev {
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     fn addrs(n: usize) -> Vec<SocketAddrV4> {
@@ -285,8 +336,17 @@ mod tests {
             .collect()
     }
 
-    fn weighted(b: &[SocketAddrV4]) -> Vec<(SocketAddrV4, u32)> {
-        b.iter().map(|&a| (a, 1)).collect()
+    /// `n` distinct random addresses, as a topology with random addresses
+    /// would give.
+    fn random_addrs(rng: &mut SmallRng, n: usize) -> Vec<SocketAddrV4> {
+        let mut v: Vec<SocketAddrV4> = Vec::with_capacity(n);
+        while v.len() < n {
+            let a = SocketAddrV4::new(Ipv4Addr::from(rng.random::<u32>()), rng.random());
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
+        v
     }
 
     fn owners(t: &Maglev) -> Vec<SocketAddrV4> {
@@ -295,50 +355,64 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn portable_ln_agrees_with_libm() {
-        for i in 1..10_000u64 {
-            let x = unit(mix(i));
-            let (ours, libm) = (ln_portable(x), x.ln());
+    /// Each backend's slots are within one of `m * weight / sum`.
+    fn assert_exact(t: &Maglev, what: &str) {
+        let m = t.size() as u128;
+        let sum: u128 = t.weights().iter().map(|&w| u128::from(w)).sum();
+        let shares = t.shares();
+        assert_eq!(shares.iter().sum::<usize>(), t.size(), "{what}");
+        for (s, &w) in shares.iter().zip(t.weights()) {
+            // |s - m w / sum| < 1  <=>  |s sum - m w| < sum
+            let (have, want) = (*s as u128 * sum, m * u128::from(w));
             assert!(
-                (ours - libm).abs() <= 4.0 * f64::EPSILON * libm.abs().max(1.0),
-                "{x}: {ours} vs {libm}"
+                have.abs_diff(want) < sum,
+                "{what}: {s} slots for weight {w} of {sum} over {m}: {shares:?}"
             );
         }
-        assert_eq!(ln_portable(1.0), 0.0);
     }
 
     #[test]
-    fn shares_are_even_within_statistical_bounds() {
-        for n in [1, 2, 3, 7, 100] {
-            let t = Maglev::new(&addrs(n));
-            let shares = t.shares();
-            assert_eq!(shares.iter().sum::<usize>(), TABLE_SIZE);
-            let fair = TABLE_SIZE as f64 / n as f64;
-            // Binomial: sd = sqrt(M p (1-p)); 5 sd is never reached by chance.
-            let sd = (fair * (1.0 - 1.0 / n as f64)).sqrt();
-            for &s in &shares {
-                assert!(
-                    (s as f64 - fair).abs() <= 5.0 * sd + 1.0,
-                    "n={n}: {s} vs {fair:.0} (sd {sd:.0})"
-                );
+    fn shares_are_exact_for_any_addresses_and_weights() {
+        let mut rng = SmallRng::seed_from_u64(13);
+        let mut cases: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![1, 1], vec![1, 100], vec![1; 7]];
+        for _ in 0..4 {
+            cases.push((0..7).map(|_| rng.random_range(1..=256)).collect());
+        }
+        cases.push(vec![1; 100]);
+        for weights in &cases {
+            for round in 0..12 {
+                let b = random_addrs(&mut rng, weights.len());
+                let set: Vec<(SocketAddrV4, u32)> =
+                    b.iter().copied().zip(weights.clone()).collect();
+                for m in [13, 1009, TABLE_SIZE] {
+                    if m < weights.len() {
+                        continue;
+                    }
+                    let t = Maglev::build(&set, m, round);
+                    assert_exact(&t, &format!("weights {weights:?}, m {m}, seed {round}"));
+                }
             }
         }
+        // The acceptance's case, by the numbers: 65537 = 6 * 10922 + 5.
+        let b = addrs(3);
+        let t = Maglev::build(&[(b[0], 1), (b[1], 2), (b[2], 3)], TABLE_SIZE, 0);
+        assert_eq!(t.shares(), vec![10923, 21846, 32768]);
     }
 
     #[test]
-    fn weights_set_the_shares() {
+    fn weight_zero_and_duplicates() {
         let b = addrs(3);
-        let t = Maglev::build(&[(b[0], 1), (b[1], 2), (b[2], 5)], TABLE_SIZE, 7);
-        let shares = t.shares();
-        for (s, w) in shares.iter().zip([1.0, 2.0, 5.0]) {
-            let want = TABLE_SIZE as f64 * w / 8.0;
-            assert!((*s as f64 - want).abs() < 0.03 * want, "{shares:?}");
-        }
-        // Weight 0: no slot (a drained backend takes no new client).
+        // Weight 0: no slot (a drained backend takes no new client); the
+        // table is the one built without it.
         let t = Maglev::build(&[(b[0], 1), (b[1], 0)], 101, 0);
         assert_eq!(t.backends(), &b[..1]);
         assert_eq!(t.shares(), vec![101]);
+        let with_zero = Maglev::build(&[(b[0], 1), (b[1], 0), (b[2], 2)], TABLE_SIZE, 5);
+        let without = Maglev::build(&[(b[2], 2), (b[0], 1)], TABLE_SIZE, 5);
+        assert_eq!(with_zero.dump(), without.dump());
+        // A repeated address counts once, at its largest weight.
+        let dup = Maglev::build(&[(b[0], 1), (b[2], 1), (b[2], 2)], TABLE_SIZE, 5);
+        assert_eq!(dup.dump(), without.dump());
     }
 
     #[test]
@@ -352,7 +426,8 @@ mod tests {
             assert_eq!(t.lookup(client_key(ip)), Some(b));
             counts[b] += 1;
         }
-        // 3000 clients over 3 backends: each well within 1000 +- 150.
+        // 3000 clients over 3 exact thirds: sd sqrt(3000 / 3 * 2 / 3) = 26,
+        // so each well within 1000 +- 150.
         assert!(
             counts.iter().all(|&c| (850..=1150).contains(&c)),
             "{counts:?}"
@@ -360,57 +435,97 @@ mod tests {
         assert_eq!(owners(&t), owners(&Maglev::new(&addrs(3))));
     }
 
+    /// Slots whose backend differs between two tables of the same size.
+    fn moved(a: &Maglev, b: &Maglev) -> usize {
+        owners(a)
+            .iter()
+            .zip(owners(b))
+            .filter(|(x, y)| **x != *y)
+            .count()
+    }
+
+    /// Maglev's minimal disruption, measured: removing one of N equal
+    /// backends must move its own 1/N of the slots and few others (a rehash
+    /// would move (N-1)/N). The paper's fill is only "nearly" minimal: the
+    /// survivors' claims shift a little. Seen over these address sets
+    /// (printed): at most 93 slots beyond its own for N = 3, 502 for N = 10,
+    /// 390 for N = 100, 510 for N = 250 (0.8% of the table; the paper asks
+    /// for M much larger than N, and 65537 / 250 is only 262). Checked:
+    /// every slot of the removed backend moves, and at most 1% of the table
+    /// more.
     #[test]
-    fn removing_a_backend_moves_only_its_clients() {
-        for (n, gone) in [(3, 1), (3, 0), (5, 4), (10, 3)] {
-            let all = addrs(n);
-            let old = Maglev::new(&all);
-            let kept: Vec<SocketAddrV4> = all.iter().copied().filter(|&a| a != all[gone]).collect();
-            let new = Maglev::new(&kept);
-            let (before, after) = (owners(&old), owners(&new));
-            let mut moved = 0;
-            for (s, (b, a)) in before.iter().zip(&after).enumerate() {
-                if *b != all[gone] {
-                    assert_eq!(a, b, "slot {s} moved from a backend still present");
-                } else {
-                    assert_ne!(*a, all[gone]);
-                    moved += 1;
+    fn removing_one_of_n_moves_about_one_nth() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let m = TABLE_SIZE;
+        for n in [3usize, 5, 10, 20, 50, 100, 250] {
+            let mut worst = 0.0f64;
+            let mut extra_worst = 0usize;
+            for round in 0..4 {
+                let all = random_addrs(&mut rng, n);
+                let old = Maglev::build(&all.iter().map(|&a| (a, 1)).collect::<Vec<_>>(), m, round);
+                for gone in [0, n / 2, n - 1] {
+                    let kept: Vec<(SocketAddrV4, u32)> = all
+                        .iter()
+                        .filter(|&&a| a != all[gone])
+                        .map(|&a| (a, 1))
+                        .collect();
+                    let new = Maglev::build(&kept, m, round);
+                    let (before, after) = (owners(&old), owners(&new));
+                    let mut own = 0;
+                    for (b, a) in before.iter().zip(&after) {
+                        if *b == all[gone] {
+                            own += 1;
+                            assert_ne!(*a, all[gone]);
+                        }
+                    }
+                    let moved = moved(&old, &new);
+                    let frac = moved as f64 / m as f64;
+                    worst = worst.max(frac);
+                    extra_worst = extra_worst.max(moved - own);
+                    assert!(
+                        moved - own <= m / 100,
+                        "n={n}: removing one moved {moved} of {m} slots ({frac:.4}, its own {own})"
+                    );
+                    // Adding it back is the same pair of tables.
+                    assert_eq!(moved, self::moved(&new, &old));
                 }
             }
-            assert_eq!(moved, old.shares()[gone], "n={n}: exactly its share moved");
+            eprintln!(
+                "maglev: removing 1 of {n}: at most {:.4} of the slots moved (1/n = {:.4}; at most {extra_worst} beyond its own)",
+                worst,
+                1.0 / n as f64
+            );
         }
     }
 
+    /// A weight change moves about the change in share, not the table.
     #[test]
-    fn adding_a_backend_or_changing_a_weight_moves_clients_only_to_or_from_it() {
-        let all = addrs(4);
-        let old = Maglev::new(&all[..3]);
-        let new = Maglev::new(&all);
-        let mut moved = 0;
-        for (b, a) in owners(&old).iter().zip(&owners(&new)) {
-            if a != b {
-                assert_eq!(*a, all[3], "a slot moved to an old backend");
-                moved += 1;
-            }
-        }
-        assert_eq!(moved, new.shares()[3]);
-        let mut heavier = weighted(&all);
-        heavier[1].1 = 3;
-        let h = Maglev::build(&heavier, TABLE_SIZE, 0);
-        for (b, a) in owners(&new).iter().zip(&owners(&h)) {
-            if a != b {
-                assert_eq!(*a, all[1], "a weight increase moved a slot elsewhere");
-            }
+    fn a_weight_change_moves_about_its_change_in_share() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        for _ in 0..4 {
+            let b = random_addrs(&mut rng, 3);
+            let w1 = [(b[0], 1), (b[1], 2), (b[2], 3)];
+            let w2 = [(b[0], 2), (b[1], 2), (b[2], 3)];
+            let (t1, t2) = (
+                Maglev::build(&w1, TABLE_SIZE, 0),
+                Maglev::build(&w2, TABLE_SIZE, 0),
+            );
+            let i0 = t1.backends().iter().position(|&a| a == b[0]).unwrap();
+            let gained = t2.shares()[i0] - t1.shares()[i0];
+            let moved = moved(&t1, &t2);
+            assert!(moved >= gained);
+            assert!(
+                moved as f64 <= 1.5 * gained as f64,
+                "1:2:3 to 2:2:3 moved {moved} slots, weight 1 -> 2 gained {gained}"
+            );
         }
     }
 
     /// The point of purity: whatever sets and weights an instance lived
-    /// through, its table for the current inputs is byte for byte the one a
-    /// fresh instance builds.
+    /// through, and whichever thread builds it, its table for the current
+    /// inputs is byte for byte the one a fresh instance builds.
     #[test]
-    fn any_history_yields_the_same_table() {
-        use rand::rngs::SmallRng;
-        use rand::{Rng, SeedableRng};
+    fn any_history_any_order_any_thread_yields_the_same_table() {
         let pool = addrs(12);
         let target: Vec<(SocketAddrV4, u32)> = vec![(pool[3], 2), (pool[7], 1), (pool[0], 1)];
         let fresh = Maglev::build(&target, 1009, 42);
@@ -433,20 +548,56 @@ mod tests {
             assert_eq!(t.dump(), fresh.dump());
             assert_eq!(t.digest(), fresh.digest());
         }
+        // Built on other threads (as each shard's snapshot could be).
+        let big: Vec<(SocketAddrV4, u32)> = addrs(7).into_iter().zip(1..).collect();
+        let here = Maglev::build(&big, TABLE_SIZE, 3).digest();
+        let there: Vec<u64> = (0..2)
+            .map(|_| {
+                let big = big.clone();
+                std::thread::spawn(move || Maglev::build(&big, TABLE_SIZE, 3).digest())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(there, vec![here, here]);
         // The seed matters (it is what a fleet shares).
         assert_ne!(Maglev::build(&target, 1009, 43).dump(), fresh.dump());
     }
 
     #[test]
     fn a_known_table_stays_the_same_across_builds_and_machines() {
-        // Pinned so that a change to the hashing (which would make a new
-        // binary disagree with the old ones in a rolling upgrade) is seen.
+        // Pinned so that a change to the hashing or the fill (which would
+        // make a new binary disagree with the old ones in a rolling
+        // upgrade) is seen.
         let b = addrs(3);
         let t = Maglev::build(&[(b[0], 1), (b[1], 2), (b[2], 1)], 13, 0);
         let got: Vec<usize> = (0..13).map(|s| t.slot(s, 0).unwrap()).collect();
         assert_eq!(got, PINNED);
     }
-    const PINNED: [usize; 13] = [2, 0, 1, 2, 2, 2, 1, 1, 1, 1, 1, 2, 1];
+    const PINNED: [usize; 13] = [0, 1, 2, 1, 1, 2, 2, 1, 1, 1, 0, 1, 0];
+
+    /// The cost of a rebuild (health or weight change), printed, never
+    /// asserted (`cargo test --profile ci --lib maglev -- --nocapture`).
+    #[test]
+    fn rebuild_time() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        for n in [3usize, 100] {
+            let set: Vec<(SocketAddrV4, u32)> = random_addrs(&mut rng, n)
+                .into_iter()
+                .map(|a| (a, rng.random_range(1..=10)))
+                .collect();
+            let runs = 5;
+            let start = std::time::Instant::now();
+            for _ in 0..runs {
+                std::hint::black_box(Maglev::build(std::hint::black_box(&set), TABLE_SIZE, 0));
+            }
+            let each = start.elapsed() / runs;
+            eprintln!(
+                "maglev: rebuild of {TABLE_SIZE} slots for {n} weighted backends: {each:?} (mean of {runs}, this build profile)"
+            );
+        }
+    }
 
     #[test]
     fn empty_sets() {
