@@ -157,7 +157,7 @@ fn run_flows(
             received_at_warmup = Some(received.clone());
         }
         // Transmit onto the path: every sender shares the forward link.
-        for from in 0..=n {
+        for from in (1..=n).chain([0]) {
             let (ep, dir) = if from == 0 {
                 (&mut b, 1)
             } else {
@@ -275,11 +275,11 @@ fn a_gigabit_10ms_path_with_0_01_percent_loss() {
         o.dropped_queue,
         o.grown
     );
-    // Issue #12 asks for 80% of the link here; NOT MET. Measured 143 Mbit/s
-    // (seed 0x1212): the NewReno/SACK response to random loss, about
-    // 1.22 / sqrt(p) segments per RTT (Mathis et al.), is 142 Mbit/s at
-    // p = 1e-4 and 10 ms, whatever the window; 80% needs a congestion
-    // control that backs off less per random loss (src/tcp/congestion.rs).
+    // Issue #12 asks for 80% of the link here; not with NewReno. Measured
+    // 271 Mbit/s (seed 0x1212, main 0f7f45a and after; 143 in an earlier
+    // build): AIMD's response to random loss, 1.22 to 1.68 / sqrt(p)
+    // segments per RTT (`aimd_bps`), is 142-196 Mbit/s at p = 1e-4 and 10 ms,
+    // whatever the window. `congestion = bbr` meets it (the test below).
     // What is asserted: windows are no longer the limit (a fixed 64 KiB
     // window carries at most 52 Mbit/s).
     assert!(o.retransmits > 0, "the path lost segments");
@@ -331,10 +331,17 @@ fn with(congestion: Congestion) -> Config {
     }
 }
 
-/// The Mathis et al. bound on a loss-based AIMD flow, MSS / RTT x C /
-/// sqrt(p) with C = sqrt(3/2) = 1.22, in bits per second.
-fn mathis_bps(mss: f64, rtt: f64, p: f64) -> f64 {
-    mss * 8.0 / rtt * (1.5f64).sqrt() / p.sqrt()
+/// The response function of a loss-based AIMD flow (Mathis et al.),
+/// MSS / RTT x C / sqrt(p), in bits per second. C = sqrt(3/2) = 1.22 for
+/// Reno's halving; sqrt((1 + b) / (2 (1 - b))) = 1.68 for our decrease
+/// b = 0.7. CUBIC does no better here: RFC 9438 4.3 takes the larger of
+/// its cubic window and the Reno-friendly estimate, and its cubic
+/// response, ((C (3 + b)) / (4 (1 - b)))^(1/4) x RTT^(3/4) / p^(3/4)
+/// segments with C = 0.4, is 33 segments per RTT (39 Mbit/s) at 10 ms and
+/// p = 1e-4, below Reno's 122 (141 Mbit/s). 80% of 1 Gbit/s at 10 ms is 690
+/// segments per RTT, which AIMD reaches only below p = 6e-6.
+fn aimd_bps(mss: f64, rtt: f64, p: f64, beta: f64) -> f64 {
+    mss * 8.0 / rtt * ((1.0 + beta) / (2.0 * (1.0 - beta))).sqrt() / p.sqrt()
 }
 
 /// Issue #12's acceptance: one connection over 1 Gbit/s, 10 ms, 0.01%
@@ -347,16 +354,18 @@ fn bbr_fills_a_gigabit_10ms_path_with_0_01_percent_loss() {
     let bbr = run(SEED, &path, with(Congestion::Bbr), warmup, measure);
     let reno = run(SEED, &path, with(Congestion::NewReno), warmup, measure);
     // 1448-byte segments (timestamps on), 10 ms.
-    let mathis = mathis_bps(1448.0, 0.010, 0.0001);
+    let mathis = aimd_bps(1448.0, 0.010, 0.0001, 0.5);
+    let aimd_07 = aimd_bps(1448.0, 0.010, 0.0001, 0.7);
     eprintln!(
         "1 Gbit/s, 10 ms RTT, 0.01% loss: bbr {:.0} Mbit/s ({} retransmits, {} queue drops); \
-         newreno {:.0} Mbit/s ({} retransmits); Mathis bound for AIMD {:.0} Mbit/s",
+         newreno {:.0} Mbit/s ({} retransmits); AIMD response {:.0} Mbit/s (Reno), {:.0} (beta 0.7)",
         bbr.rate_bps / 1e6,
         bbr.retransmits,
         bbr.dropped_queue,
         reno.rate_bps / 1e6,
         reno.retransmits,
-        mathis / 1e6
+        mathis / 1e6,
+        aimd_07 / 1e6
     );
     assert!(bbr.retransmits > 0, "the path lost segments");
     assert!(
@@ -366,7 +375,7 @@ fn bbr_fills_a_gigabit_10ms_path_with_0_01_percent_loss() {
     );
     // NewReno stays near its response function: the reason for the model.
     assert!(
-        reno.rate_bps < 2.0 * mathis,
+        reno.rate_bps < 1.5 * aimd_07,
         "newreno {:.0} Mbit/s",
         reno.rate_bps / 1e6
     );
