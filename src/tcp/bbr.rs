@@ -6,7 +6,7 @@
 //! so on a path with random (non-congestive) loss its throughput is bound
 //! by the loss rate, not the link: the Mathis et al. response function,
 //! MSS/RTT x 1.22/sqrt(p), is 143 Mbit/s at 10 ms and p = 1e-4 whatever the
-//! link rate. CUBIC does no better there (RFC 9438 5.8: at such small
+//! link rate. CUBIC does no better there (RFC 9438 4.3 and 5.1: at such small
 //! BDP x p it runs in its Reno-friendly region). BBR instead estimates the
 //! path: the bottleneck bandwidth (a windowed maximum of delivery-rate
 //! samples over 10 round trips, `rate.rs`, `minmax.rs`) and the round-trip
