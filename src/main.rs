@@ -152,6 +152,10 @@ enum Command {
         /// COUNT unanswered probes it is reset.
         #[arg(long, value_parser = parse_keepalive)]
         keepalive: Option<turnstile::tcp::Keepalive>,
+        /// Congestion control: `newreno` (default) or `bbr` (a model of the
+        /// path's bandwidth and RTT, paced; random loss does not cut it).
+        #[arg(long, default_value = "newreno", value_parser = parse_congestion)]
+        congestion: turnstile::tcp::Congestion,
     },
     /// Open short HTTP connections to a server through turnstile's own active
     /// opens (a load generator; prints one JSON summary line).
@@ -308,6 +312,7 @@ fn main() -> ExitCode {
             state_dir,
             xdp_syn_cookies,
             keepalive,
+            congestion,
         } => {
             let mut opts = StackOptions::new(&iface, port);
             socket.apply(&mut opts);
@@ -321,6 +326,7 @@ fn main() -> ExitCode {
             opts.metrics = metrics;
             opts.tcp.msl = Duration::from_millis(msl_ms);
             opts.tcp.keepalive = keepalive;
+            opts.tcp.congestion = congestion;
             buffers.apply(&mut opts);
             serve(opts, app)
         }
@@ -418,6 +424,10 @@ fn rss_option(key: Option<String>, table: Option<String>) -> Option<turnstile::r
         table: turnstile::rss::parse_table(&table?).ok()?,
         source: "--rss-key/--rss-table",
     })
+}
+
+fn parse_congestion(s: &str) -> Result<turnstile::tcp::Congestion, String> {
+    s.parse()
 }
 
 fn parse_keepalive(s: &str) -> Result<turnstile::tcp::Keepalive, String> {

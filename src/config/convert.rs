@@ -17,6 +17,7 @@ impl Config {
         opts.mss = self.mss;
         opts.zero_copy = self.zero_copy;
         opts.busy_poll = self.busy_poll;
+        opts.tcp.congestion = self.congestion;
         opts.tcp.msl = self.upstream.msl;
         opts.tcp.reuse = self.upstream.reuse;
         opts.tcp.reuse_delay = self.upstream.reuse_delay;

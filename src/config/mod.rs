@@ -48,6 +48,9 @@ pub struct Config {
     /// sockets are bound (a restart applies a change).
     pub zero_copy: crate::xsk::ZeroCopy,
     pub busy_poll: Option<crate::xsk::BusyPoll>,
+    /// `congestion`: "newreno" (default) or "bbr", for every connection of
+    /// both legs (a restart applies a change).
+    pub congestion: crate::tcp::Congestion,
     pub listeners: Vec<Listener>,
     pub upstream: Upstream,
     pub health: Health,

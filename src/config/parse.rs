@@ -129,6 +129,18 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let congestion = match raw.congestion.as_ref() {
+        None => crate::tcp::Congestion::default(),
+        Some(c) => c.get_ref().parse().map_err(|_: String| {
+            src.at(
+                c,
+                format!(
+                    "congestion = {:?}: expected \"newreno\" or \"bbr\"",
+                    c.get_ref()
+                ),
+            )
+        })?,
+    };
     if let (None, Some(b)) = (&raw.busy_poll_us, &raw.busy_poll_budget) {
         return Err(src.at(
             b,
@@ -186,6 +198,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         mss,
         zero_copy,
         busy_poll,
+        congestion,
         listeners,
         upstream,
         health,

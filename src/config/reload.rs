@@ -9,7 +9,7 @@ impl Config {
     /// `accept_proxy`, `retries` and `slow_start_ms`, `[dns]`, `[health]`,
     /// `[timeouts]`, `maglev_seed` and `announce_grace_ms` (new values apply to new connections and the next
     /// checks). Not reloadable (the datapath is built around them, restart
-    /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`,
+    /// to change): `interface`, `queues`, `xdp_mode`, `zero_copy`, `busy_poll_us`, `congestion`,
     /// `busy_poll_budget`, `metrics`, `admin`, `admin_token_file` (its
     /// contents too), `access_log`, the set of
     /// listener ports, each listener's `keepalive` and everything in `[upstream]`
@@ -36,6 +36,13 @@ impl Config {
         }
         if new.zero_copy != self.zero_copy || new.busy_poll != self.busy_poll {
             return Err(format!("zero_copy or busy polling changed: {restart}"));
+        }
+        if new.congestion != self.congestion {
+            return Err(format!(
+                "congestion changed ({} -> {}): {restart}",
+                self.congestion.name(),
+                new.congestion.name()
+            ));
         }
         if new.metrics != self.metrics {
             return Err(format!("metrics address changed: {restart}"));

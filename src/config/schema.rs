@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub zero_copy: Option<Spanned<String>>,
     pub busy_poll_us: Option<Spanned<u32>>,
     pub busy_poll_budget: Option<Spanned<u32>>,
+    pub congestion: Option<Spanned<String>>,
     #[serde(default)]
     pub listener: Vec<Spanned<RawListener>>,
     pub upstream: Option<Spanned<RawUpstream>>,

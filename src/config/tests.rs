@@ -576,3 +576,27 @@ fn buffers_section_sets_the_memory_bounds() {
     let new = parse(&format!("{base}[buffers]\nrecv_max_kb = 64\n")).unwrap();
     assert!(old.reload_check(&new).unwrap_err().contains("[buffers]"));
 }
+
+#[test]
+fn congestion_selects_the_controller_and_needs_a_restart() {
+    let base = "interface = \"veth0\"\n[[listener]]\nport = 8080\nbackends = [\"10.1.1.1:80\"]\n";
+    let c = parse(base).unwrap();
+    assert_eq!(
+        c.stack_options().tcp.congestion,
+        crate::tcp::Congestion::NewReno
+    );
+    let bbr = parse(&format!("congestion = \"bbr\"\n{base}")).unwrap();
+    assert_eq!(
+        bbr.stack_options().tcp.congestion,
+        crate::tcp::Congestion::Bbr
+    );
+    let e = parse(&format!("congestion = \"cubic\"\n{base}")).unwrap_err();
+    assert!(e.message().contains("congestion = \"cubic\""), "{e}");
+    assert!(e.message().contains("\"newreno\" or \"bbr\""), "{e}");
+    assert_eq!(e.line(), 1, "{e}");
+    assert!(
+        c.reload_check(&bbr)
+            .unwrap_err()
+            .contains("congestion changed (newreno -> bbr)")
+    );
+}

@@ -1,5 +1,6 @@
 //! Tunables of one endpoint.
 
+use super::congestion::Congestion;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -110,6 +111,9 @@ pub struct Config {
     pub keepalive_ports: Vec<(u16, Keepalive)>,
     /// Keepalive for active opens (the sidecar's upstream legs).
     pub keepalive_active: Option<Keepalive>,
+    /// Congestion control of new connections: NewReno (the default) or the
+    /// model-based BBR (paced; random loss does not cut its window).
+    pub congestion: Congestion,
 }
 
 /// RFC 1122 4.2.3.6 keepalive: after `idle` without an acceptable ACK from
@@ -162,6 +166,7 @@ impl Default for Config {
             keepalive: None,
             keepalive_ports: Vec::new(),
             keepalive_active: None,
+            congestion: Congestion::NewReno,
         }
     }
 }

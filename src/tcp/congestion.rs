@@ -1,6 +1,48 @@
-//! NewReno congestion control (RFC 5681, RFC 6582) in bytes.
+//! NewReno congestion control (RFC 5681, RFC 6582) in bytes, and the choice
+//! between it and the model-based controller (`bbr.rs`).
+//!
+//! NewReno's state here also carries loss recovery's bookkeeping (the
+//! recovery point, duplicate ACKs, whether recovery runs) for either
+//! controller; with [`Congestion::Bbr`] the model sets `cwnd` after every
+//! ACK and timeout (src/tcp/connection/congestion.rs).
 
 use super::seq::Seq;
+
+/// Which congestion controller new connections use (`Config::congestion`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// RFC 5681 / RFC 6582 (RFC 6675 with SACK), multiplicative decrease
+    /// 0.7: the default.
+    #[default]
+    NewReno,
+    /// A model of the path's bandwidth and RTT in the manner of BBR v1
+    /// (src/tcp/bbr.rs): random loss does not cut the window; paced.
+    Bbr,
+}
+
+impl Congestion {
+    /// The configuration spelling: `newreno` or `bbr`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Congestion::NewReno => "newreno",
+            Congestion::Bbr => "bbr",
+        }
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "newreno" => Ok(Congestion::NewReno),
+            "bbr" => Ok(Congestion::Bbr),
+            _ => Err(format!(
+                "congestion control {s:?}: expected \"newreno\" or \"bbr\""
+            )),
+        }
+    }
+}
 
 /// Congestion window state of one connection.
 #[derive(Clone, Copy, Debug)]

@@ -41,6 +41,7 @@
 //! connection) and a FIFO for TIME-WAIT (all entries live 2 MSL, so the FIFO is
 //! ordered by expiry): both O(log n) or O(1), no wheel needed.
 
+mod bbr;
 mod config;
 mod congestion;
 pub(crate) mod connection;
@@ -51,9 +52,11 @@ mod event;
 pub(crate) mod id;
 pub(crate) mod isn;
 mod listener;
+mod minmax;
 mod options;
 mod pool;
 mod ports;
+mod rate;
 mod reassembly;
 mod reset;
 mod rtt;
@@ -68,6 +71,7 @@ mod timer;
 pub(crate) mod timewait;
 
 pub use config::{Config, Keepalive, PortFilter};
+pub use congestion::Congestion;
 pub use endpoint::{BufferPoolStats, Endpoint};
 pub use error::{ConnError, ConnectError};
 pub use event::{Event, Transmit};

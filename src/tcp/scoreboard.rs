@@ -80,8 +80,7 @@ impl Scoreboard {
         self.ranges.is_empty()
     }
 
-    /// Bytes SACKed above SND.UNA.
-    #[cfg(test)]
+    /// Bytes SACKed above SND.UNA (delivered, for the delivery-rate estimate).
     pub(crate) fn sacked_bytes(&self) -> u32 {
         self.sacked
     }

@@ -362,6 +362,9 @@ impl Connection {
         if self.neg.sack && self.state.is_synchronized() {
             self.sack_on_ack(seg, old_una, self.snd_una > old_una, now, ctx);
         }
+        if self.bbr.is_some() {
+            self.cc_on_ack(seg, old_una, now);
+        }
         match self.state {
             State::FinWait1 if self.fin_acked() => {
                 self.state = State::FinWait2;

@@ -3,6 +3,7 @@
 //! `timers` (retransmission, delayed ACK, persist, linger) and the application
 //! calls below (3.10.1 to 3.10.5).
 
+mod congestion;
 mod input;
 mod keepalive;
 mod output;
@@ -10,6 +11,7 @@ pub(crate) mod pmtu;
 mod sack;
 mod timers;
 
+use super::bbr::Bbr;
 use super::config::Config;
 use super::congestion::NewReno;
 use super::control::ControlQueue;
@@ -116,6 +118,9 @@ pub(crate) struct Connection {
     /// (its ACK was lost), and would inflate RTT by the whole timeout.
     pub(crate) rexmit_tsval: Option<u32>,
     pub(crate) cc: NewReno,
+    /// The model-based controller, when `Config::congestion` picks it
+    /// (boxed: a NewReno connection carries 8 bytes for it).
+    pub(crate) bbr: Option<Box<Bbr>>,
     /// RFC 6675 scoreboard, boxed and made at the first sign of loss: a
     /// connection that never loses anything carries 8 bytes for it.
     pub(crate) sb: Option<Box<Scoreboard>>,
@@ -214,6 +219,7 @@ impl Connection {
             rtt_timing: None,
             rexmit_tsval: None,
             cc: NewReno::new(u32::from(neg.snd_mss)),
+            bbr: None,
             sb: None,
             sack_recent: [0; sack::SACK_RECENT],
             sack_recent_len: 0,
@@ -292,7 +298,7 @@ impl Connection {
         self.last_ack_sent = self.rcv_nxt;
         self.neg = options::negotiate(cfg, &syn.options);
         self.peer_ws = syn.options.window_scale.is_some();
-        self.cc = NewReno::new(u32::from(self.neg.snd_mss));
+        self.init_congestion(cfg);
         if let (true, Some(ts)) = (self.neg.timestamps, syn.options.timestamps) {
             self.ts_recent = ts.tsval;
             self.ts_recent_at = now;
@@ -471,6 +477,7 @@ impl Connection {
             self.persist_at,
             self.linger_at,
             self.loss_timer.map(|(_, at)| at),
+            self.pacing_deadline(),
             self.keepalive
                 .filter(|_| self.state.is_synchronized())
                 .map(|k| k.at),

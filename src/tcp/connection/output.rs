@@ -218,6 +218,16 @@ impl Connection {
                 .saturating_sub(flight)
                 .min(cwnd_room);
             let mut len = unsent.min(usable).min(mss);
+            if self.bbr.is_some() {
+                if unsent < mss && cwnd_room > 0 {
+                    self.cc_app_limited();
+                }
+                if len > 0 && !self.cc_may_send(now) {
+                    // Paced (src/tcp/bbr.rs): the connection's timer brings
+                    // the endpoint back when the next segment may leave.
+                    len = 0;
+                }
+            }
             if len > 0 && len < mss && len < unsent && flight > 0 {
                 // Sender SWS avoidance (RFC 9293 3.8.6.2.1): don't send a
                 // window-limited runt while data is outstanding.
@@ -254,6 +264,9 @@ impl Connection {
             self.rexmit_tsval = Some(ts_clock(now, self.ts_offset));
         } else if !self.neg.timestamps && self.rtt_timing.is_none() {
             self.rtt_timing = Some((end, now));
+        }
+        if self.bbr.is_some() {
+            self.cc_on_sent(seq, end, now);
         }
         if let Some(source) = rexmit_source {
             let snd_max = self.snd_max;

@@ -34,6 +34,9 @@ impl Connection {
         {
             self.on_loss_timer(kind, now, ctx);
         }
+        if self.bbr.is_some() {
+            self.cc_on_timers(now);
+        }
         if due(self.rto_at, now) {
             self.rto_at = None;
             self.on_rto(now, ctx);
@@ -93,6 +96,9 @@ impl Connection {
             let flight = self.snd_max - self.snd_una;
             self.cc
                 .on_rto(flight, self.snd_max, u32::from(self.neg.snd_mss));
+            if self.bbr.is_some() {
+                self.cc_on_rto();
+            }
             self.fast_rexmit = false;
             self.loss_timer = None;
             self.probe = None;
