@@ -82,6 +82,7 @@ pub struct ShardMetrics {
     pub retransmitted_bytes: AtomicU64,
     pub tlp_probes: AtomicU64,
     pub loss_recoveries: AtomicU64,
+    pub rto_expirations: AtomicU64,
     pub keepalive_probes: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
     pub challenge_acks: AtomicU64,
@@ -494,6 +495,12 @@ impl Registry {
             "counter",
             "Tail loss probes sent (RFC 8985).",
             &[("", s(|m| &m.tlp_probes))],
+        );
+        metric(
+            "turnstile_rto_expirations_total",
+            "counter",
+            "Retransmission timeouts (RFC 6298 5.4), SYNs and FINs included.",
+            &[("", s(|m| &m.rto_expirations))],
         );
         metric(
             "turnstile_keepalive_probes_total",

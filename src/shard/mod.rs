@@ -353,6 +353,7 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.retransmitted_bytes, e.retransmitted_bytes);
         ShardMetrics::set(&m.tlp_probes, e.tlp_probes);
         ShardMetrics::set(&m.loss_recoveries, e.fast_retransmits);
+        ShardMetrics::set(&m.rto_expirations, e.rto_expirations);
         ShardMetrics::set(&m.keepalive_probes, e.keepalive_probes);
         ShardMetrics::set(&m.keepalive_timeouts, e.keepalive_timeouts);
         ShardMetrics::set(&m.challenge_acks, e.challenge_acks);

@@ -32,6 +32,17 @@ impl Capture {
     /// Starts one tcpdump per host (headers only, `filter` as tcpdump's
     /// expression) and waits, bounded, until each has opened its file.
     pub fn start(name: &str, hosts: &[&Host], filter: &str) -> Capture {
+        Self::start_with(name, hosts, filter, false)
+    }
+
+    /// Like [`Capture::start`], with `--immediate-mode`: each packet reaches
+    /// the file as it is captured, not when tcpdump's buffer block fills, so
+    /// a capture stopped right after an event holds it.
+    pub fn start_immediate(name: &str, hosts: &[&Host], filter: &str) -> Capture {
+        Self::start_with(name, hosts, filter, true)
+    }
+
+    fn start_with(name: &str, hosts: &[&Host], filter: &str, immediate: bool) -> Capture {
         let dir = artifact_dir();
         let mut cap = Capture {
             procs: Vec::new(),
@@ -41,8 +52,11 @@ impl Capture {
         for h in hosts {
             let file = dir.join(format!("{name}-{}.pcap", h.netns));
             let _ = std::fs::remove_file(&file);
-            let child = h
-                .command("tcpdump")
+            let mut cmd = h.command("tcpdump");
+            if immediate {
+                cmd.arg("--immediate-mode");
+            }
+            let child = cmd
                 .args(["-i", &h.dev, "-n", "-s", "128", "-U", "-B", "16384", "-w"])
                 .arg(&file)
                 .arg(filter)

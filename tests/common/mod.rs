@@ -7,6 +7,7 @@ pub mod dnsmasq;
 pub mod fleet;
 pub mod lab;
 pub mod peers;
+pub mod router;
 pub mod xdp_pass;
 
 use std::process::{Child, Stdio};
