@@ -245,27 +245,27 @@ impl Drop for Topology {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Processes still inside (spawned by tests through `ip netns exec`)
-        // would keep the namespace alive after its name is gone: end them.
         for h in [&self.server, &self.client] {
-            let _ = Command::new("ip")
-                .args(["netns", "pids", &h.netns])
-                .output()
-                .map(|out| {
-                    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                        if let Ok(pid) = pid.parse::<i32>() {
-                            // SAFETY: plain kill(2) on a pid inside our namespace.
-                            unsafe { libc::kill(pid, libc::SIGKILL) };
-                        }
-                    }
-                });
+            remove_netns(&h.netns);
         }
-        // Deleting a namespace destroys the veth end inside it, and its peer.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.server.netns])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.client.netns])
-            .output();
     }
+}
+
+/// Ends every process still inside namespace `name`, then deletes it (and
+/// so the veth ends inside it, and their peers). Processes spawned through
+/// `ip netns exec` would otherwise keep the namespace alive after its name
+/// is gone. Best effort: for Drop guards.
+pub fn remove_netns(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|out| {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain kill(2) on a pid inside our namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        });
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
 }

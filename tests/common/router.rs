@@ -22,20 +22,7 @@ pub struct Far {
 
 impl Drop for Far {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.host.netns])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) on a process inside our own namespace.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.host.netns])
-            .output();
+        turnstile::topology::remove_netns(&self.host.netns);
     }
 }
 
