@@ -47,6 +47,61 @@ struct {
 	__type(value, struct cookie_state);
 } cookie SEC(".maps");
 
+/* The peer's reset of a cookie SYN+ACK. A SYN from a forged source (the
+ * flood) is answered with our SYN+ACK; the real owner of that address, if
+ * it has no such connection, answers it with a RST whose sequence number is
+ * our acknowledgment (RFC 9293 3.10.7.1: "<SEQ=SEG.ACK><CTL=RST>"), i.e.
+ * the SYN's seq + 1. One per SYN of the flood: without this each would
+ * reach the AF_XDP socket (a copy, a ring slot, a shard pass) only for the
+ * engine to drop it, as it drops any RST of an unknown tuple.
+ *
+ * A direct-mapped table per CPU, indexed by a hash of the tuple, remembers
+ * what each recent cookie's RST would carry; a RST that matches one
+ * exactly (tuple and sequence number) is dropped here and counted. No lock
+ * and no allocation: a slot is overwritten by a later cookie, and a RST
+ * whose slot was overwritten, or that comes in on another CPU, goes to the
+ * engine as before. On a NIC both directions of a tuple hash to one queue
+ * (RSS), so its CPU is the SYN's. Nothing the engine needs is lost: it
+ * holds no state for a cookie's tuple, so such a RST is one it discards
+ * (RFC 9293 3.10.7.1, CLOSED: "An incoming segment containing a RST is
+ * discarded"). */
+#define RST_SLOTS 16384
+
+struct cookie_rst {
+	__u32 saddr, daddr; /* of the SYN, network order */
+	__u16 sport, dport; /* of the SYN, network order */
+	__u32 seq;	    /* the RST's: the SYN's seq + 1, host order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RST_SLOTS);
+	__type(key, __u32);
+	__type(value, struct cookie_rst);
+} cookie_rsts SEC(".maps");
+
+static __always_inline __u32 rst_slot(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport)
+{
+	/* Not keyed: a forged collision only sends a RST to the engine. */
+	__u32 h = saddr * 0x9e3779b1U ^ daddr;
+	h = (h ^ ((__u32)sport << 16 | dport)) * 0x85ebca6bU;
+	return (h ^ (h >> 15)) & (RST_SLOTS - 1);
+}
+
+/* Whether this RST (no ACK bit) answers one of our recent cookies. */
+static __always_inline int cookie_reset(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport,
+					__u32 seq)
+{
+	__u32 slot = rst_slot(saddr, daddr, sport, dport);
+	struct cookie_rst *e = bpf_map_lookup_elem(&cookie_rsts, &slot);
+	if (!e || e->seq != seq || e->saddr != saddr || e->daddr != daddr ||
+	    e->sport != sport || e->dport != dport)
+		return 0;
+	/* One RST per cookie: a second one is the engine's to judge. */
+	e->saddr = 0;
+	return 1;
+}
+
 static const __u16 mss_table[8] = { 216, 536, 1220, 1360, 1440, 1460, 4312, 8960 };
 
 #define ROTL(x, b) (__u64)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -378,6 +433,15 @@ static __always_inline int answer_syn(struct xdp_md *ctx, struct cookie_state *s
 		if ((void *)(out + i + 1) > data_end)
 			break;
 		out[i] = hdr[i];
+	}
+	__u32 slot = rst_slot(s.saddr, s.daddr, s.sport, s.dport);
+	struct cookie_rst *e = bpf_map_lookup_elem(&cookie_rsts, &slot);
+	if (e) {
+		e->saddr = s.saddr;
+		e->daddr = s.daddr;
+		e->sport = s.sport;
+		e->dport = s.dport;
+		e->seq = s.seq + 1;
 	}
 	__sync_fetch_and_add(&st->sent, 1);
 	/* A busy second keeps the flood mode on (racy between CPUs: harmless). */

@@ -26,7 +26,8 @@ enum counter {
 	CNT_MALFORMED = 2,
 	CNT_NO_SOCKET = 3,
 	CNT_SYN_COOKIE = 4, /* SYNs answered here with a cookie SYN+ACK (XDP_TX) */
-	CNT_MAX = 5,
+	CNT_COOKIE_RST = 5, /* RSTs answering our cookie SYN+ACKs, dropped here */
+	CNT_MAX = 6,
 };
 
 struct steer_config {
@@ -202,16 +203,25 @@ int turnstile_steer(struct xdp_md *ctx)
 	 * so the flood never reaches the AF_XDP ring; the completing ACK goes to
 	 * the engine, which validates the cookie as one of its own. */
 	struct tcphdr *tcp = (void *)ip + ihl;
-	if (listener && (void *)(tcp + 1) <= data_end &&
-	    (((__u8 *)tcp)[13] & 0x17) == 0x02 /* SYN alone of SYN, ACK, RST, FIN */) {
-		struct cookie_state *st = bpf_map_lookup_elem(&cookie, &zero);
+	if (listener && (void *)(tcp + 1) <= data_end) {
+		__u8 flags = ((__u8 *)tcp)[13] & 0x17; /* SYN, ACK, RST, FIN */
+		struct cookie_state *st = NULL;
+		if (flags == 0x02 || flags == 0x04)
+			st = bpf_map_lookup_elem(&cookie, &zero);
 		if (st && st->enabled) {
 			__u64 now = bpf_ktime_get_ns();
 			if (now < st->flood_until_ns) {
-				int r = answer_syn(ctx, st, now);
-				if (r >= 0) {
-					count(CNT_SYN_COOKIE);
-					return r;
+				if (flags == 0x02) { /* SYN alone */
+					int r = answer_syn(ctx, st, now);
+					if (r >= 0) {
+						count(CNT_SYN_COOKIE);
+						return r;
+					}
+				} else if (cookie_reset(ip->saddr, ip->daddr, tcp->source,
+							tcp->dest, bpf_ntohl(tcp->seq))) {
+					/* RST alone: the reset of a cookie SYN+ACK. */
+					count(CNT_COOKIE_RST);
+					return XDP_DROP;
 				}
 			}
 		}

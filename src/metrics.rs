@@ -532,6 +532,7 @@ impl Registry {
                     ("action=\"malformed\"", c.malformed),
                     ("action=\"no_socket\"", c.no_socket),
                     ("action=\"syn_cookie\"", c.syn_cookies),
+                    ("action=\"cookie_rst_dropped\"", c.cookie_rsts),
                 ],
             );
             metric(

@@ -89,6 +89,9 @@ pub struct XdpCounters {
     pub no_socket: u64,
     /// SYNs answered in XDP with a cookie SYN+ACK (flood mode).
     pub syn_cookies: u64,
+    /// RSTs answering a cookie SYN+ACK sent in XDP, dropped there (flood
+    /// mode): the forged sources' owners refusing our SYN+ACKs.
+    pub cookie_rsts: u64,
     /// The flood mode is on: SYNs to listeners are answered in XDP.
     pub flooding: bool,
     /// XDP_TX was seen failing and the XDP path is off (see `tx_check`).
@@ -312,6 +315,7 @@ impl XdpProgram {
             malformed: read(2),
             no_socket: read(3),
             syn_cookies: read(4),
+            cookie_rsts: read(5),
             flooding: self.cookie.enabled()
                 && self.cookie.flooding(crate::shard::clock::monotonic_ns()),
             xdp_tx_failed: self.tx_failed.load(std::sync::atomic::Ordering::Relaxed),

@@ -377,3 +377,79 @@ fn frag_needed_quoting_our_segments_is_steered_and_other_icmp_is_not() {
     assert_eq!(counter(&p, no_socket), before.0 + 1);
     assert_eq!(counter(&p, passed), before.1 + 2);
 }
+
+/// A RST alone (no ACK) from the SYN's source, as a host that never sent
+/// the SYN answers our SYN+ACK (RFC 9293: `<SEQ=SEG.ACK><CTL=RST>`).
+fn rst_frame(sport: u16, seq: u32) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let meta = FrameMeta {
+        src_mac: [2, 0, 0, 0, 0, 2],
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        src_ip: REMOTE,
+        dst_ip: LOCAL,
+    };
+    let tcp = TcpRepr {
+        src_port: sport,
+        dst_port: PORT,
+        seq,
+        ack: 0,
+        flags: TcpFlags::RST,
+        window: 0,
+        options: TcpOptions::default(),
+    };
+    let len = wire::build_frame(&mut buf, &meta, &tcp, 0, 0).expect("build the RST");
+    buf.truncate(len);
+    buf
+}
+
+const XDP_DROP: u32 = 1;
+const CNT_COOKIE_RST: u32 = 5;
+
+#[test]
+fn the_reset_of_a_cookie_synack_is_dropped_in_xdp_and_no_other_rst_is() {
+    if !root() {
+        return;
+    }
+    // The table is per CPU: every run of this test on one.
+    let core = core_affinity::get_core_ids().expect("core ids")[0];
+    assert!(core_affinity::set_for_current(core), "pin the test thread");
+    let p = prog(true);
+    let (sport, seq) = (40_010, 0x0bad_cafe_u32);
+    let (verdict, out) = run(&p, &syn_frame(sport, seq, TcpOptions::default()));
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(wire::parse_frame(&out).expect("SYN+ACK").tcp.ack, seq + 1);
+
+    // Another sequence number, or another port: not an answer to our
+    // SYN+ACK; to the engine (XDP_PASS here: no socket bound).
+    assert_eq!(run(&p, &rst_frame(sport, seq)).0, XDP_PASS);
+    assert_eq!(run(&p, &rst_frame(sport + 1, seq + 1)).0, XDP_PASS);
+    assert_eq!(counter(&p, CNT_COOKIE_RST), 0);
+    // The one the SYN's owner sends: dropped, counted, once.
+    assert_eq!(run(&p, &rst_frame(sport, seq + 1)).0, XDP_DROP);
+    assert_eq!(counter(&p, CNT_COOKIE_RST), 1);
+    assert_eq!(run(&p, &rst_frame(sport, seq + 1)).0, XDP_PASS, "only once");
+    assert_eq!(counter(&p, CNT_COOKIE_RST), 1);
+
+    // A RST with ACK set is never one (a SYN+ACK's reset carries none).
+    let (verdict, _) = run(&p, &syn_frame(sport, seq, TcpOptions::default()));
+    assert_eq!(verdict, XDP_TX);
+    let mut with_ack = rst_frame(sport, seq + 1);
+    {
+        let f = wire::parse_frame(&with_ack).expect("parse").tcp;
+        let meta = wire::parse_frame(&with_ack).expect("parse").meta;
+        let mut buf = vec![0u8; 256];
+        let tcp = TcpRepr {
+            flags: TcpFlags::RST | TcpFlags::ACK,
+            ack: 1,
+            ..f
+        };
+        let len = wire::build_frame(&mut buf, &meta, &tcp, 0, 0).expect("build");
+        buf.truncate(len);
+        with_ack = buf;
+    }
+    assert_eq!(run(&p, &with_ack).0, XDP_PASS);
+    // Out of flood mode every RST is the engine's, even a matching one.
+    p.state.disable();
+    assert_eq!(run(&p, &rst_frame(sport, seq + 1)).0, XDP_PASS);
+    assert_eq!(counter(&p, CNT_COOKIE_RST), 1);
+}
