@@ -1,5 +1,6 @@
 //! A SYN flood at the flooder's full rate against `turnstile serve --app
-//! http`, legitimate kernel clients in the flooder's own namespace, and the
+//! http --xdp-mode generic` (the mode deploy/README.md advises on veth),
+//! legitimate kernel clients in the flooder's own namespace, and the
 //! kernel's stack (SYN cookies on) offered a flood of the same rate beside
 //! it. Needs root.
 //!
@@ -8,7 +9,9 @@
 //! clients are `turnstile-bench kernel-client` (4 connections in flight,
 //! each: connect, GET, check the response, close). A SYN of theirs lost
 //! costs a 1 s retransmission, so the p99 bound holds only if almost none
-//! is lost at the flood's rate.
+//! is lost at the flood's rate. The kernel's row shows the rate its flood
+//! reached: paced at turnstile's, the flooder falls short of it there (the
+//! kernel's own SYN path shares the flooder's core).
 
 mod common;
 
