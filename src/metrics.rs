@@ -3,7 +3,6 @@
 //! Each shard is the only writer of its own `ShardMetrics` (relaxed atomics,
 //! no contention); the management thread sums all shards when scraped.
 
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -184,12 +183,12 @@ impl Registry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            text::family(&mut out, name, kind, help);
             for (labels, v) in samples {
                 if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {v}");
+                    text::sample(&mut out, name, *v);
                 } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    text::labeled(&mut out, name, labels, *v);
                 }
             }
         };
@@ -563,6 +562,29 @@ impl Registry {
             render(&mut out);
         }
         out
+    }
+}
+
+/// The one writer of the Prometheus text exposition format (version
+/// 0.0.4), used by every page that renders metrics (the shards' counters
+/// here, the sidecar's backends and reloads, its DNS answers), so a family's
+/// header and a sample's syntax are written in one place.
+pub mod text {
+    use std::fmt::{Display, Write};
+
+    /// A family's `# HELP` and `# TYPE` lines.
+    pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A sample without labels.
+    pub fn sample(out: &mut String, name: &str, value: u64) {
+        let _ = writeln!(out, "{name} {value}");
+    }
+
+    /// A sample with `labels` (already `key="value"` pairs, comma-separated).
+    pub fn labeled(out: &mut String, name: &str, labels: impl Display, value: u64) {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
     }
 }
 

@@ -25,7 +25,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +38,7 @@ use hickory_resolver::proto::rr::{RData, Record};
 
 use crate::app::proxy::settings::{BackendSettings, MAX_WEIGHT};
 use crate::config::{Dns, DnsName};
-use crate::metrics::Renderer;
+use crate::metrics::{Renderer, text};
 
 /// One lookup waits this long at most (then it is a failure, retried
 /// after `min_ttl_ms`).
@@ -102,29 +101,35 @@ fn render(out: &mut String, stats: &DnsStats) {
     }
     ports.sort_by_key(|(p, _)| **p);
     let name = "turnstile_dns_resolutions_total";
-    let _ = writeln!(
+    text::family(
         out,
-        "# HELP {name} Resolutions of a listener's backends_dns name, by result.\n# TYPE {name} counter"
+        name,
+        "counter",
+        "Resolutions of a listener's backends_dns name, by result.",
     );
     for (port, s) in &ports {
         for (result, c) in [("ok", &s.ok), ("failed", &s.failed)] {
-            let _ = writeln!(
+            text::labeled(
                 out,
-                "{name}{{listener=\"{port}\",result=\"{result}\"}} {}",
-                c.load(Ordering::Relaxed)
+                name,
+                format_args!("listener=\"{port}\",result=\"{result}\""),
+                c.load(Ordering::Relaxed),
             );
         }
     }
     let name = "turnstile_dns_backends";
-    let _ = writeln!(
+    text::family(
         out,
-        "# HELP {name} Backends in the last good DNS answer of a listener's backends_dns.\n# TYPE {name} gauge"
+        name,
+        "gauge",
+        "Backends in the last good DNS answer of a listener's backends_dns.",
     );
     for (port, s) in &ports {
-        let _ = writeln!(
+        text::labeled(
             out,
-            "{name}{{listener=\"{port}\"}} {}",
-            s.backends.load(Ordering::Relaxed)
+            name,
+            format_args!("listener=\"{port}\""),
+            s.backends.load(Ordering::Relaxed),
         );
     }
 }

@@ -23,14 +23,13 @@
 //!
 //! A backend removed by a reload is shown while it still has connections.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Reloads;
 use crate::app::proxy::Shared;
 use crate::app::proxy::pool::{Backend, BackendSet, Failure};
-use crate::metrics::Renderer;
+use crate::metrics::{Renderer, text};
 
 pub fn renderer(backends: Arc<BackendSet>, shared: Arc<Shared>, reloads: Arc<Reloads>) -> Renderer {
     Arc::new(move |out: &mut String| {
@@ -44,7 +43,7 @@ pub fn renderer(backends: Arc<BackendSet>, shared: Arc<Shared>, reloads: Arc<Rel
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    text::family(out, name, kind, help);
 }
 
 fn load(c: &AtomicU64) -> u64 {
@@ -56,7 +55,7 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&Backend) -> u64| {
             family(out, name, kind, help);
             for b in backends {
-                let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", b.addr, value(b));
+                text::labeled(out, name, format_args!("backend=\"{}\"", b.addr), value(b));
             }
         };
     per_backend(
@@ -90,12 +89,11 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
     );
     for b in backends {
         for f in Failure::ALL {
-            let _ = writeln!(
+            text::labeled(
                 out,
-                "{name}{{backend=\"{}\",reason=\"{}\"}} {}",
-                b.addr,
-                f.label(),
-                b.failures(f)
+                name,
+                format_args!("backend=\"{}\",reason=\"{}\"", b.addr, f.label()),
+                b.failures(f),
             );
         }
     }
@@ -107,17 +105,17 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         "Bytes relayed to and from the backend.",
     );
     for b in backends {
-        let _ = writeln!(
+        text::labeled(
             out,
-            "{name}{{backend=\"{}\",direction=\"to_backend\"}} {}",
-            b.addr,
-            load(&b.bytes_to)
+            name,
+            format_args!("backend=\"{}\",direction=\"to_backend\"", b.addr),
+            load(&b.bytes_to),
         );
-        let _ = writeln!(
+        text::labeled(
             out,
-            "{name}{{backend=\"{}\",direction=\"from_backend\"}} {}",
-            b.addr,
-            load(&b.bytes_from)
+            name,
+            format_args!("backend=\"{}\",direction=\"from_backend\"", b.addr),
+            load(&b.bytes_from),
         );
     }
     let name = "turnstile_backend_health_checks_total";
@@ -128,17 +126,17 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         "Health checks of the backend, by result.",
     );
     for b in backends {
-        let _ = writeln!(
+        text::labeled(
             out,
-            "{name}{{backend=\"{}\",result=\"ok\"}} {}",
-            b.addr,
-            load(&b.checks_ok)
+            name,
+            format_args!("backend=\"{}\",result=\"ok\"", b.addr),
+            load(&b.checks_ok),
         );
-        let _ = writeln!(
+        text::labeled(
             out,
-            "{name}{{backend=\"{}\",result=\"failed\"}} {}",
-            b.addr,
-            load(&b.checks_failed)
+            name,
+            format_args!("backend=\"{}\",result=\"failed\"", b.addr),
+            load(&b.checks_failed),
         );
     }
 
@@ -194,7 +192,7 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         ),
     ] {
         family(out, name, "counter", help);
-        let _ = writeln!(out, "{name} {}", load(c));
+        text::sample(out, name, load(c));
     }
     let name = "turnstile_proxy_session_timeouts_total";
     family(
@@ -208,7 +206,7 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         ("client_fin", &s.client_fin_timeouts),
         ("max_session", &s.max_session_timeouts),
     ] {
-        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", load(c));
+        text::labeled(out, name, format_args!("reason=\"{reason}\""), load(c));
     }
     let name = "turnstile_proxy_headers_total";
     family(
@@ -224,7 +222,7 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         ("timeout", &s.headers_timeout),
         ("closed", &s.headers_closed),
     ] {
-        let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", load(c));
+        text::labeled(out, name, format_args!("result=\"{result}\""), load(c));
     }
     let name = "turnstile_config_reloads_total";
     family(
@@ -233,8 +231,8 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         "counter",
         "SIGHUP reloads, by result (a failed one keeps the running configuration).",
     );
-    let _ = writeln!(out, "{name}{{result=\"ok\"}} {}", load(&reloads.ok));
-    let _ = writeln!(out, "{name}{{result=\"failed\"}} {}", load(&reloads.failed));
+    text::labeled(out, name, "result=\"ok\"", load(&reloads.ok));
+    text::labeled(out, name, "result=\"failed\"", load(&reloads.failed));
     let name = "turnstile_config_generation";
     family(
         out,
@@ -242,7 +240,7 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
         "gauge",
         "Routing snapshots published (reloads and health changes).",
     );
-    let _ = writeln!(out, "{name} {}", shared.routes.generation());
+    text::sample(out, name, shared.routes.generation());
     if let Some(log) = &shared.access {
         let name = "turnstile_access_log_lines_total";
         family(
@@ -251,8 +249,8 @@ pub fn render(out: &mut String, backends: &[Arc<Backend>], shared: &Shared, relo
             "counter",
             "Access log lines written, and dropped because a shard's ring was full.",
         );
-        let _ = writeln!(out, "{name}{{result=\"written\"}} {}", load(&log.written));
-        let _ = writeln!(out, "{name}{{result=\"dropped\"}} {}", load(&log.dropped));
+        text::labeled(out, name, "result=\"written\"", load(&log.written));
+        text::labeled(out, name, "result=\"dropped\"", load(&log.dropped));
     }
 }
 

@@ -6,10 +6,20 @@
 //! entry fires early, the connection finds nothing due and is rescheduled), an
 //! earlier one pushes and leaves the old entry stale. Stale entries are skipped
 //! when popped. Pushes reuse the heap's capacity, so steady state does not allocate.
+//!
+//! An owner that ended leaves its entry behind until that deadline comes; a
+//! far one (a keepalive idle of hours, a session's idle timeout) would keep
+//! it for that long, so churn would grow the heap with the connection rate
+//! times the deadline. [`TimerQueue::compact_if_stale`] drops them all in one
+//! pass once the heap holds more than twice the live owners, which is
+//! amortised O(1) per stale entry.
 
 use super::time::Instant;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+/// Stale entries tolerated beyond twice the live owners before a compaction.
+const COMPACT_SLACK: usize = 1024;
 
 #[derive(Default)]
 pub(crate) struct TimerQueue {
@@ -62,6 +72,21 @@ impl TimerQueue {
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
+
+    /// Drops every entry `live` rejects once the heap holds more than twice
+    /// `owners` (the most live entries there can be) plus a slack that keeps
+    /// small heaps from compacting on every end. Returns whether it did.
+    pub(crate) fn compact_if_stale(
+        &mut self,
+        owners: usize,
+        mut live: impl FnMut(Instant, u32, u32) -> bool,
+    ) -> bool {
+        if self.heap.len() <= owners.saturating_mul(2).saturating_add(COMPACT_SLACK) {
+            return false;
+        }
+        self.heap.retain(|Reverse((t, i, g))| live(*t, *i, *g));
+        true
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +106,24 @@ mod tests {
         assert_eq!(q.pop_due(Instant(49)), None);
         assert_eq!(q.pop_due(Instant(60)), Some((Instant(50), 0, 0)));
         assert_eq!(q.pop_due(Instant(60)), None);
+    }
+
+    #[test]
+    fn entries_of_ended_owners_are_dropped_once_they_outnumber_the_live() {
+        let mut q = TimerQueue::default();
+        // 10,000 owners, each with one far deadline, of which one stays live.
+        for i in 0..10_000u32 {
+            let mut s = None;
+            q.schedule(&mut s, Some(Instant(1_000_000 + u64::from(i))), i, 0);
+        }
+        assert!(
+            !q.compact_if_stale(10_000, |_, _, _| true),
+            "all live: no pass"
+        );
+        assert!(q.compact_if_stale(1, |_, i, _| i == 7));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.peek_entry(), Some((Instant(1_000_007), 7, 0)));
+        // Below the slack nothing is scanned.
+        assert!(!q.compact_if_stale(0, |_, _, _| false));
     }
 }

@@ -389,6 +389,14 @@ impl Proxy {
             b.closed();
         }
         self.free.push(sid);
+        let sessions = &self.sessions;
+        self.timers
+            .compact_if_stale(sessions.len() - self.free.len(), |at, sid, serial| {
+                sessions
+                    .get(sid as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.serial == serial && s.timer == Some(at))
+            });
     }
 
     pub(super) fn finish_if_done(&mut self, sid: u32, now: Instant) {

@@ -475,6 +475,11 @@ impl Endpoint {
     pub fn connection_count(&self) -> usize {
         self.by_tuple.len()
     }
+    /// Entries in the timer heap, live and stale (for tests of its bound).
+    #[cfg(test)]
+    pub(crate) fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
     pub fn established_count(&self) -> usize {
         self.established
     }
@@ -642,6 +647,12 @@ impl Endpoint {
         }
         self.free_slots.push(index);
         self.by_tuple.remove(&conn.tuple);
+        let slots = &self.slots;
+        self.timers
+            .compact_if_stale(self.by_tuple.len(), |t, index, generation| {
+                matches!(slots.get(index as usize), Some(Slot { generation: g, conn: Some(c), .. })
+                    if *g == generation && c.scheduled == Some(t))
+            });
         if conn.app_knows {
             let event = match conn.end {
                 Some(End::Orderly) | None => Some(Event::Closed),

@@ -6,7 +6,8 @@
 //! 2^32 wrap.
 
 use super::fixture::*;
-use super::pair::{ACK, Pair, config};
+use super::pair::{A_IP, A_PORT, ACK, Pair, config};
+use crate::tcp::Endpoint;
 use crate::tcp::{Config, Event, Keepalive, State};
 use crate::wire::TcpFlags;
 use std::time::Duration;
@@ -190,4 +191,63 @@ fn engine_peer_answers_probes_then_vanishes() {
     assert_eq!(p.a_events(), vec![(a, Event::TimedOut)]);
     assert!(took <= KA.idle + KA.interval * 3, "{took:?}");
     assert_eq!(sent, 4, "3 probes and a RST");
+}
+
+/// A connection that ends leaves its heap entry behind until that deadline
+/// comes, and a keepalive idle of two hours (Linux's default) puts every
+/// established connection's entry two hours ahead: churn used to grow each
+/// endpoint's heap by one entry per connection for two hours.
+#[test]
+fn ended_connections_leave_no_keepalive_entries_behind() {
+    let ka = Keepalive {
+        idle: Duration::from_secs(7200),
+        interval: Duration::from_secs(75),
+        count: 9,
+    };
+    let cfg = Config {
+        keepalive: Some(ka),
+        keepalive_active: Some(ka),
+        ..config()
+    };
+    let mut p = Pair::with_configs(cfg.clone(), cfg);
+    // One connection that stays, probing every hour: its entry is always
+    // the heap's earliest, so the stale entries behind it are not popped
+    // off the top (as they would be on an otherwise idle endpoint).
+    let stays =
+        p.a.connect_from(
+            std::net::SocketAddrV4::new(A_IP, A_PORT + 1),
+            p.tuple.remote,
+            p.now,
+        )
+        .unwrap();
+    p.drive();
+    p.a.set_keepalive(
+        stays,
+        Some(Keepalive {
+            idle: Duration::from_secs(3600),
+            ..ka
+        }),
+    )
+    .unwrap();
+    p.a_events();
+    p.b_events();
+    let bound = |ep: &Endpoint| ep.timer_entries() <= 2 * ep.connection_count() + 1024;
+    // 2,000 connections 2 s apart, well inside the two hours: each lives
+    // past its handshake's RTO entry, which fires early and schedules the
+    // keepalive deadline, and is then aborted.
+    for i in 0..2000 {
+        let (a_id, _, _, _) = p.establish();
+        p.advance(Duration::from_secs(2));
+        p.a.abort(a_id).unwrap();
+        p.drive();
+        p.a_events();
+        p.b_events();
+        assert!(
+            bound(&p.a) && bound(&p.b),
+            "after {i}: {} and {} entries",
+            p.a.timer_entries(),
+            p.b.timer_entries()
+        );
+    }
+    assert_eq!((p.a.connection_count(), p.b.connection_count()), (1, 1));
 }

@@ -86,7 +86,7 @@ fn measured_on_ticks(sim: &mut Sim, ticks: u32) -> u32 {
 /// One whole proxied session: the client connects and sends 100 bytes,
 /// the backend answers 100 and closes, the client closes; until the proxy
 /// has forgotten it.
-fn one_session(sim: &mut Sim) {
+pub(super) fn one_session(sim: &mut Sim) {
     let c = sim.connect_client();
     let mut sent = false;
     let mut served = false;

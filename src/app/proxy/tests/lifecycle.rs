@@ -327,3 +327,24 @@ fn ticks_do_not_visit_sessions_with_nothing_due() {
     assert_eq!(sim.proxy.timers.len(), entries);
     assert_eq!(sim.sessions(), 200);
 }
+
+/// Every session arms its connect deadline (300 s here) and ends long
+/// before it; the entries it leaves in the timer heap used to stay for those
+/// 300 s, so the heap grew with the session rate times the deadline.
+#[test]
+fn ended_sessions_leave_no_timer_entries_behind() {
+    let mut sim = Sim::new(
+        "round-robin",
+        "[timeouts]\nconnect_ms = 300000\nidle_ms = 300000\n",
+    );
+    sim.listen(B1);
+    sim.listen(B2);
+    for i in 0..3000 {
+        super::cost::one_session(&mut sim);
+        assert!(
+            sim.proxy.timers.len() <= 1024 + 2,
+            "after {i} sessions: {} entries",
+            sim.proxy.timers.len()
+        );
+    }
+}
