@@ -82,6 +82,8 @@ pub struct ShardMetrics {
     pub tlp_probes: AtomicU64,
     pub loss_recoveries: AtomicU64,
     pub rto_expirations: AtomicU64,
+    /// `tcp::Stats::rto_*`: timeouts by the sender's state at expiry.
+    pub rto_causes: [AtomicU64; 7],
     pub keepalive_probes: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
     pub challenge_acks: AtomicU64,
@@ -500,6 +502,20 @@ impl Registry {
             "counter",
             "Retransmission timeouts (RFC 6298 5.4), SYNs and FINs included.",
             &[("", s(|m| &m.rto_expirations))],
+        );
+        metric(
+            "turnstile_rto_causes_total",
+            "counter",
+            "Retransmission timeouts by what was outstanding when they fired (the first that applies).",
+            &[
+                ("cause=\"repeated\"", s(|m| &m.rto_causes[0])),
+                ("cause=\"lost_retransmission\"", s(|m| &m.rto_causes[1])),
+                ("cause=\"in_recovery\"", s(|m| &m.rto_causes[2])),
+                ("cause=\"after_probe\"", s(|m| &m.rto_causes[3])),
+                ("cause=\"sacked\"", s(|m| &m.rto_causes[4])),
+                ("cause=\"tail\"", s(|m| &m.rto_causes[5])),
+                ("cause=\"handshake\"", s(|m| &m.rto_causes[6])),
+            ],
         );
         metric(
             "turnstile_keepalive_probes_total",

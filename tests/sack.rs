@@ -86,6 +86,29 @@ s.close()
 print(n, sent.hexdigest() == got.hexdigest(), "%.3f" % (time.monotonic() - t0), info)
 "#;
 
+/// `turnstile_rto_causes_total` by cause, for the figures.
+fn rto_causes(text: &str) -> String {
+    [
+        "repeated",
+        "lost_retransmission",
+        "in_recovery",
+        "after_probe",
+        "sacked",
+        "tail",
+        "handshake",
+    ]
+    .iter()
+    .map(|c| {
+        let n = metric(
+            text,
+            &format!("turnstile_rto_causes_total{{cause=\"{c}\"}}"),
+        );
+        format!("{c} {n}")
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 struct Transfer {
     bytes: u64,
     exact: bool,
@@ -203,11 +226,14 @@ fn sidecar_against_haproxy_50_mib_each_way_under_5_percent_loss() {
         let (dp, db, all) = dropped(&lab);
         eprintln!(
             "round {round} turnstile: {:.3} s; dropped {dp} data segments ({db} B, {all} segments in all); \
-             retransmitted {rexmit} B ({:.2}x the dropped bytes), {} TLPs, {} recoveries",
+             retransmitted {rexmit} B ({:.2}x the dropped bytes), {} TLPs, {} recoveries, \
+             {} RTOs ({})",
             t.secs,
             rexmit as f64 / db.max(1) as f64,
             metric(&text, "turnstile_tlp_probes_total"),
             metric(&text, "turnstile_loss_recoveries_total"),
+            metric(&text, "turnstile_rto_expirations_total"),
+            rto_causes(&text),
         );
         ours.push(t.secs);
         lab.stop_sidecar();

@@ -354,6 +354,17 @@ impl<A: App> Shard<A> {
         ShardMetrics::set(&m.tlp_probes, e.tlp_probes);
         ShardMetrics::set(&m.loss_recoveries, e.fast_retransmits);
         ShardMetrics::set(&m.rto_expirations, e.rto_expirations);
+        for (m, v) in m.rto_causes.iter().zip([
+            e.rto_repeated,
+            e.rto_lost_rexmit,
+            e.rto_in_recovery,
+            e.rto_after_probe,
+            e.rto_sacked,
+            e.rto_tail,
+            e.rto_handshake,
+        ]) {
+            ShardMetrics::set(m, v);
+        }
         ShardMetrics::set(&m.keepalive_probes, e.keepalive_probes);
         ShardMetrics::set(&m.keepalive_timeouts, e.keepalive_timeouts);
         ShardMetrics::set(&m.challenge_acks, e.challenge_acks);

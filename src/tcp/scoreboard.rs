@@ -41,6 +41,10 @@ pub(crate) enum Source {
     Again,
     /// RFC 6675 NextSeg rule (1): the first lost hole above HighRxt.
     Hole,
+    /// A tail loss probe resending sent data (RFC 8985 7.3): tracked so
+    /// its delivery shows earlier retransmissions lost, HighRxt unchanged
+    /// (the holes below it are still to be resent in order).
+    Probe,
 }
 
 /// What an ACK told the scoreboard.
@@ -90,6 +94,36 @@ impl Scoreboard {
         &self.ranges
     }
 
+    /// Ranges, HighRxt, the lost edge and retransmission records relative to `una`.
+    #[cfg(test)]
+    pub(crate) fn dump(&self, una: Seq) -> String {
+        let r: Vec<(u32, u32)> = self
+            .ranges
+            .iter()
+            .map(|&(s, e)| (s - una, e - una))
+            .collect();
+        let x: Vec<String> = self
+            .rexmits
+            .iter()
+            .map(|x| {
+                format!(
+                    "[{}..{} @{} max_then {} lost {}]",
+                    x.start - una,
+                    x.end - una,
+                    x.at.as_micros(),
+                    x.snd_max_then - una,
+                    x.lost
+                )
+            })
+            .collect();
+        format!(
+            "ranges {r:?} high_rxt {} lost_end {} rexmits {}",
+            self.high_rxt - una,
+            self.lost_end - una,
+            x.join(" ")
+        )
+    }
+
     #[cfg(test)]
     pub(crate) fn high_rxt(&self) -> Seq {
         self.high_rxt
@@ -104,6 +138,12 @@ impl Scoreboard {
                 .first_unsacked(from, max)
                 .is_some_and(|s| s < self.lost_end))
             || self.rexmits.iter().any(|r| r.lost)
+    }
+
+    /// SND.UNA's segment was retransmitted in this recovery (or after this
+    /// timeout) and is still unacknowledged.
+    pub(crate) fn una_rexmitted(&self, una: Seq) -> bool {
+        self.high_rxt > una || self.rexmits.iter().any(|x| x.start <= una && una < x.end)
     }
 
     /// SND.UNA itself is deemed lost (RFC 6675 5 (4): "IsLost (HighACK + 1)").
@@ -377,6 +417,27 @@ impl Scoreboard {
         (s < self.lost_end).then(|| (s, self.run(s, max, mss), Source::Hole))
     }
 
+    /// The highest un-SACKed run below `max`, at most `mss` long and ending
+    /// where the SACKed data above it begins: what a tail loss probe resends
+    /// when no new data may go (RFC 8985 7.3 "the highest-sequence segment
+    /// sent so far", skipping what the receiver already holds).
+    pub(crate) fn last_unsacked(&self, una: Seq, max: Seq, mss: u32) -> Option<(Seq, u32)> {
+        let mut end = max;
+        let mut floor = una;
+        for &(s, e) in self.ranges.iter().rev() {
+            if e < end {
+                floor = e;
+                break;
+            }
+            end = end.min(s);
+        }
+        if end <= una {
+            return None;
+        }
+        let len = (end - floor).min(mss);
+        Some((end - len, len))
+    }
+
     /// `[start, end)` was retransmitted at `now` with SND.MAX at `snd_max`.
     pub(crate) fn on_retransmitted(
         &mut self,
@@ -401,7 +462,7 @@ impl Scoreboard {
                     self.rexmits[i].start = end;
                 }
             }
-        } else if end > self.high_rxt {
+        } else if source == Source::Hole && end > self.high_rxt {
             self.high_rxt = end;
         }
         if self.rexmits.len() == MAX_REXMITS {
@@ -560,6 +621,32 @@ mod tests {
             s.on_retransmitted(at, at + len, src, Instant::ZERO, Seq(500));
         }
         assert_eq!(sent, vec![0, 100, 300, 400]);
+    }
+
+    #[test]
+    fn last_unsacked_skips_what_the_receiver_holds() {
+        let mut s = sb(0);
+        assert_eq!(
+            s.last_unsacked(Seq(0), Seq(1000), MSS),
+            Some((Seq(900), 100))
+        );
+        s.on_ack(Seq(0), Seq(0), Seq(1000), &[(850, 1000)], MSS, true);
+        assert_eq!(
+            s.last_unsacked(Seq(0), Seq(1000), MSS),
+            Some((Seq(750), 100))
+        );
+        s.on_ack(Seq(0), Seq(0), Seq(1000), &[(100, 820)], MSS, true);
+        assert_eq!(
+            s.last_unsacked(Seq(0), Seq(1000), MSS),
+            Some((Seq(820), 30))
+        );
+        // A probe's retransmission leaves HighRxt alone.
+        s.on_retransmitted(Seq(820), Seq(850), Source::Probe, Instant::ZERO, Seq(1000));
+        assert_eq!(s.high_rxt(), Seq(0));
+        s.on_ack(Seq(0), Seq(0), Seq(1000), &[(100, 1000)], MSS, true);
+        assert_eq!(s.last_unsacked(Seq(0), Seq(1000), MSS), Some((Seq(0), 100)));
+        s.on_ack(Seq(0), Seq(0), Seq(1000), &[(0, 1000)], MSS, true);
+        assert_eq!(s.last_unsacked(Seq(0), Seq(1000), MSS), None);
     }
 
     #[test]

@@ -38,6 +38,22 @@ pub struct Stats {
     /// Received SACK blocks ignored (outside SND.UNA..SND.MAX, D-SACK, no room).
     pub sack_blocks_ignored: u64,
     pub rto_expirations: u64,
+    /// Retransmission timeouts of data or FIN by the sender's state at
+    /// expiry (the first that applies; with the handshake's they sum to
+    /// `rto_expirations`): the previous timeout's retransmission was lost,
+    pub rto_repeated: u64,
+    /// SND.UNA's segment had been resent by loss recovery and that was lost,
+    pub rto_lost_rexmit: u64,
+    /// in loss recovery, SND.UNA's segment not resent yet,
+    pub rto_in_recovery: u64,
+    /// the last segment sent was a tail loss probe,
+    pub rto_after_probe: u64,
+    /// data above SND.UNA was SACKed but recovery had not begun,
+    pub rto_sacked: u64,
+    /// nothing SACKed, no probe sent,
+    pub rto_tail: u64,
+    /// SYN or SYN+ACK.
+    pub rto_handshake: u64,
     /// RFC 1122 4.2.3.6 keepalive probes sent.
     pub keepalive_probes: u64,
     /// Connections reset because their peer answered no keepalive probe.

@@ -132,6 +132,9 @@ pub(crate) struct Connection {
     pub(crate) loss_timer: Option<(sack::LossTimer, Instant)>,
     /// A tail loss probe to send on the next poll.
     pub(crate) probe: Option<sack::Probe>,
+    /// The last segment sent with data or FIN was a tail loss probe: no
+    /// further probe until the ACK clock lets an ordinary segment go.
+    pub(crate) probed: bool,
 
     pub(crate) rto_at: Option<Instant>,
     pub(crate) delack_at: Option<Instant>,
@@ -225,6 +228,7 @@ impl Connection {
             sack_recent_len: 0,
             loss_timer: None,
             probe: None,
+            probed: false,
             rto_at: None,
             delack_at: None,
             persist_at: None,
@@ -308,6 +312,32 @@ impl Connection {
         self.max_snd_wnd = self.snd_wnd;
         self.snd_wl1 = self.irs;
         self.rcv_adv = self.rcv_nxt + self.recv_buf.window().min(0xffff);
+    }
+
+    /// The sender's loss-recovery state, relative to SND.UNA (diagnostics in tests).
+    #[cfg(test)]
+    pub(crate) fn sender_dump(&self) -> String {
+        let una = self.snd_una;
+        let rel = |s: Seq| s - una;
+        format!(
+            "una+ nxt {} max {} data_end {} wnd {} cwnd {} ssthresh {} pipe {} rec {} recover {:?} \
+             retries {} probed {} loss_timer {:?} rto_at {:?} state {:?} sb {:?}",
+            rel(self.snd_nxt),
+            rel(self.snd_max),
+            rel(self.snd_data_end),
+            self.snd_wnd,
+            self.cc.cwnd,
+            self.cc.ssthresh,
+            self.pipe(),
+            self.cc.in_recovery,
+            self.cc.recover.map(|r| r - una),
+            self.retries,
+            self.probed,
+            self.loss_timer.map(|(k, _)| k),
+            self.rto_at.map(Instant::as_micros),
+            self.state,
+            self.sb.as_deref().map(|sb| sb.dump(una)),
+        )
     }
 
     /// The sequence number of the first byte in the send buffer.

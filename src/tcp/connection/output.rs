@@ -246,6 +246,8 @@ impl Connection {
         if len == 0 && !fin {
             return None;
         }
+        // One probe per segment sent the ordinary way (`arm_tlp`).
+        self.probed = probing;
         let off = (seq - buf_start) as usize;
         let copied = self.send_buf.copy_out(off, &mut buf[..len], ctx.pool);
         debug_assert_eq!(copied, len);
@@ -257,7 +259,6 @@ impl Connection {
             flags = flags | TcpFlags::FIN;
         }
         let end = seq + (len as u32 + u32::from(fin));
-        let new_data = end > self.snd_max;
         if seq < self.snd_max {
             ctx.stats.retransmits += 1;
             ctx.stats.retransmitted_bytes += len as u64;
@@ -267,6 +268,11 @@ impl Connection {
         }
         if self.bbr.is_some() {
             self.cc_on_sent(seq, end, now);
+        }
+        if probing && seq < self.snd_max && self.sb.is_some() {
+            // RACK follows a probe's copy too: its delivery shows the
+            // retransmissions sent before it lost.
+            rexmit_source = Some(Source::Probe);
         }
         if let Some(source) = rexmit_source {
             let snd_max = self.snd_max;
@@ -283,9 +289,11 @@ impl Connection {
             self.rto_at = Some(now + self.rtt.rto());
         }
         self.persist_at = None;
-        if self.neg.sack && new_data && !probing {
+        if self.neg.sack && !probing {
             // RFC 8985 7.2: "start or restart a loss probe PTO timer after
-            // transmitting new data (that was not itself a loss probe)".
+            // transmitting new data (that was not itself a loss probe)"; and
+            // after a retransmission, since the probe also runs in recovery
+            // (src/tcp/connection/sack.rs).
             self.update_loss_timer(now, true);
         }
         let seg = self.header(now, seq, flags, sack);
@@ -312,6 +320,14 @@ impl Connection {
         if end < una {
             // Only our FIN is outstanding.
             return Some((una, 0));
+        }
+        if let Some(sb) = self.sb.as_deref().filter(|sb| !sb.is_empty()) {
+            // Not what the receiver holds: the highest hole's top segment.
+            return match sb.last_unsacked(una, end, mss as u32) {
+                Some((seq, len)) => Some((seq, len as usize)),
+                // Every data byte is SACKed: only a FIN can be missing.
+                None => Some((end, 0)),
+            };
         }
         let len = ((end - una) as usize).min(mss);
         Some((end - len as u32, len))

@@ -1,8 +1,22 @@
 //! SACK on both sides (RFC 2018), loss recovery driven by the scoreboard
 //! (RFC 6675), and RACK-TLP (RFC 8985): the reordering timer and the tail
-//! loss probe, which share one timer slot (they never run together: a probe
-//! is only scheduled when nothing is SACKed, the reordering timer only when
-//! something is).
+//! loss probe, which share one timer slot (the reordering timer, when a
+//! hole waits below SACKed data outside recovery, takes it).
+//!
+//! Where we go beyond RFC 8985: its probe is only scheduled outside
+//! recovery with nothing SACKed (7.2), so a lost retransmission, or a
+//! recovery whose last segments are lost, with nothing sent after them
+//! waits for the retransmission timeout: at least 200 ms on a path of tens
+//! of microseconds, and the window collapses to one segment. At 5% loss
+//! with windows of a few segments that was most of our timeouts (the
+//! `rto_*` counters). So the probe also runs in recovery, with SACKed data
+//! and after a timeout, as QUIC's PTO does in every state (RFC 9002 6.2):
+//! armed at each transmission and at each ACK that brings news (SND.UNA
+//! moved or new bytes SACKed), it fires only when the ACK clock has stopped
+//! for 2 SRTT + 2 ms, sends one segment (new data if the peer's window
+//! allows, else the highest un-SACKed one), and its delivery lets RACK find
+//! what was lost before it. One probe per segment sent the ordinary way,
+//! none after a timeout until it is answered; the RTO stays the backstop.
 
 use super::{Connection, Ctx};
 use crate::tcp::scoreboard::{DUP_THRESH, Scoreboard};
@@ -156,7 +170,9 @@ impl Connection {
         ctx.stats.sack_blocks_ignored += u64::from(up.ignored);
         ctx.stats.rack_lost_retransmits += u64::from(up.rexmits_lost);
         self.maybe_enter_recovery(ctx);
-        self.update_loss_timer(now, new_ack);
+        // News (SND.UNA moved, or bytes newly SACKed) shows the ACK clock
+        // running: the probe waits a PTO from here.
+        self.update_loss_timer(now, new_ack || up.newly_sacked > 0);
     }
 
     /// RFC 6675 5 (4): "If DupAcks >= DupThresh or IsLost (HighACK + 1)":
@@ -187,7 +203,6 @@ impl Connection {
     /// The RACK reordering timer while a hole waits below SACKed data outside
     /// recovery; else the tail loss probe, (re)armed when `rearm_tlp`.
     pub(crate) fn update_loss_timer(&mut self, now: Instant, rearm_tlp: bool) {
-        let una = self.snd_una;
         let Some(sb) = self.sb.as_deref() else {
             if rearm_tlp {
                 self.arm_tlp(now);
@@ -200,10 +215,11 @@ impl Connection {
             if !matches!(self.loss_timer, Some((LossTimer::Rack, _))) {
                 self.loss_timer = Some((LossTimer::Rack, now + self.reo_wnd()));
             }
-        } else if !sb.is_empty() || sb.una_lost(una) || self.cc.in_recovery {
-            self.loss_timer = None;
         } else if rearm_tlp {
             self.arm_tlp(now);
+        } else if matches!(self.loss_timer, Some((LossTimer::Rack, _))) {
+            // The hole it waited for was repaired or marked lost otherwise.
+            self.loss_timer = None;
         }
     }
 
@@ -216,30 +232,39 @@ impl Connection {
 
     /// RFC 8985 7.2: "PTO = 2 * SRTT ... If FlightSize is one segment, PTO +=
     /// WCDelAckT" (else our 2 ms slack); "If RTO is earlier, PTO = RTO" (the
-    /// retransmission timer then fires first, so no probe is armed). Only when
-    /// SACK is in use, nothing is SACKed and no recovery runs.
+    /// retransmission timer then fires first, so no probe is armed). Only
+    /// when SACK is in use; in any state with data outstanding (see the
+    /// module's note). With SACKed data the receiver holds out-of-order
+    /// bytes and ACKs at once (RFC 5681 4.2), so no delayed-ACK allowance.
     pub(crate) fn arm_tlp(&mut self, now: Instant) {
         self.loss_timer = None;
         let una = self.snd_una;
-        let quiet = self
-            .sb
-            .as_deref()
-            .is_none_or(|sb| sb.is_empty() && !sb.una_lost(una));
+        // Not after a timeout until an ACK answers it (RFC 8985 7.2: not in
+        // "RTO recovery"; the backoff of a dead peer's timer stays as RFC 6298
+        // 5.5 has it), and one probe per segment sent the ordinary way: a
+        // probe whose answer lets nothing else go (a window held by losses
+        // the scoreboard cannot see) is followed by the RTO, not by more
+        // probes that each rearm it.
         if !self.neg.sack
             || !self.state.is_synchronized()
             || self.snd_max <= una
-            || self.cc.in_recovery
-            || !quiet
+            || self.retries > 0
+            || self.probed
         {
             return;
         }
+        let sacked = self.sb.as_deref().is_some_and(|sb| !sb.is_empty());
         let pto = match self.rtt.srtt_us() {
             // "If SRTT is not available, PTO = 1 second" (the RTO then is too).
             None => Duration::from_secs(1),
             Some(srtt) => {
                 let one_segment = self.snd_max - una <= u32::from(self.neg.snd_mss);
                 2 * Duration::from_micros(u64::from(srtt))
-                    + if one_segment { WC_DEL_ACK } else { TLP_SLACK }
+                    + if one_segment && !sacked {
+                        WC_DEL_ACK
+                    } else {
+                        TLP_SLACK
+                    }
             }
         };
         let at = now + pto;
@@ -260,7 +285,7 @@ impl Connection {
                 }
             }
             LossTimer::Tlp => {
-                if self.snd_max <= self.snd_una || self.cc.in_recovery {
+                if self.snd_max <= self.snd_una {
                     return;
                 }
                 let in_flight = self.snd_nxt - self.snd_una;

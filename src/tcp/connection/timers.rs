@@ -66,8 +66,9 @@ impl Connection {
     /// RFC 6298 5.4-5.6: retransmit the earliest unacknowledged segment, back off.
     fn on_rto(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
         ctx.stats.rto_expirations += 1;
-        self.retries = self.retries.saturating_add(1);
         let handshake = matches!(self.state, State::SynSent | State::SynReceived);
+        self.count_rto_cause(handshake, ctx);
+        self.retries = self.retries.saturating_add(1);
         let limit = if handshake {
             ctx.cfg.max_syn_retries
         } else {
@@ -123,6 +124,29 @@ impl Connection {
             return;
         }
         self.rto_at = Some(now + self.rtt.rto());
+    }
+
+    /// What was outstanding when the retransmission timer fired (`Stats::rto_*`).
+    fn count_rto_cause(&self, handshake: bool, ctx: &mut Ctx<'_>) {
+        let una = self.snd_una;
+        let sb = self.sb.as_deref();
+        let st = &mut *ctx.stats;
+        let counter = if handshake {
+            &mut st.rto_handshake
+        } else if self.retries > 0 {
+            &mut st.rto_repeated
+        } else if sb.is_some_and(|sb| sb.una_rexmitted(una)) {
+            &mut st.rto_lost_rexmit
+        } else if self.cc.in_recovery {
+            &mut st.rto_in_recovery
+        } else if self.probed {
+            &mut st.rto_after_probe
+        } else if sb.is_some_and(|sb| !sb.is_empty()) {
+            &mut st.rto_sacked
+        } else {
+            &mut st.rto_tail
+        };
+        *counter += 1;
     }
 
     /// Start the persist timer: the RTO, doubled per unanswered probe, capped at `max`.

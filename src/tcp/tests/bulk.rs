@@ -77,6 +77,11 @@ struct Bulk {
     lost: u64,
     /// B accepted: both ids are known.
     ready: bool,
+    /// `loss` applies to A's segments only (data and ACKs), as the sidecar
+    /// test drops only the proxy's segments.
+    loss_from_a_only: bool,
+    /// Print the sender's state at each retransmission timeout (diagnostics).
+    trace_rto: bool,
 }
 
 impl Bulk {
@@ -139,6 +144,8 @@ impl Bulk {
             buf: vec![0; 65536],
             lost: 0,
             ready: false,
+            loss_from_a_only: false,
+            trace_rto: std::env::var_os("TRACE_RTO").is_some(),
         };
         for _ in 0..100 {
             s.step();
@@ -163,7 +170,10 @@ impl Bulk {
                     self.probe_lost = Some(t.tcp.seq);
                     continue;
                 }
-                if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+                if self.loss > 0.0
+                    && (from_a || !self.loss_from_a_only)
+                    && self.rng.random_bool(self.loss)
+                {
                     self.lost += 1;
                     continue;
                 }
@@ -277,6 +287,20 @@ impl Bulk {
         .expect("something pending");
         if next > self.now {
             self.now = next;
+        }
+        if self.trace_rto && self.ready {
+            for (name, ep, id) in [("A", &mut self.a, self.a_id), ("B", &mut self.b, self.b_id)] {
+                if ep.state(id).is_some() {
+                    let c = ep.conn_for_test(id);
+                    if c.rto_at.is_some_and(|t| t <= self.now) {
+                        eprintln!(
+                            "RTO {name} at {} us: {}",
+                            self.now.as_micros(),
+                            c.sender_dump()
+                        );
+                    }
+                }
+            }
         }
         self.a.handle_timeout(self.now);
         self.b.handle_timeout(self.now);
@@ -412,11 +436,32 @@ struct Recovery {
     simulated: Duration,
     lost: u64,
     retransmits: u64,
+    /// RTOs by cause (`Stats::rto_*`), both ends: repeated, lost
+    /// retransmission, in recovery, after a probe, SACKed, tail, handshake.
+    causes: [u64; 7],
+}
+
+/// `Stats::rto_*` by cause, in `Recovery::causes` order.
+fn rto_causes(s: &crate::tcp::Stats) -> [u64; 7] {
+    [
+        s.rto_repeated,
+        s.rto_lost_rexmit,
+        s.rto_in_recovery,
+        s.rto_after_probe,
+        s.rto_sacked,
+        s.rto_tail,
+        s.rto_handshake,
+    ]
 }
 
 /// `bytes` each way through one connection on the 50 us path with 5% of the
 /// segments lost in both directions (data and ACKs), SACK on or off.
 fn lossy_two_way(seed: u64, bytes: u64, sack: bool) -> Recovery {
+    lossy(seed, bytes, sack, false)
+}
+
+/// `lossy_two_way`, or with `a_only` the loss on A's segments only.
+fn lossy(seed: u64, bytes: u64, sack: bool, a_only: bool) -> Recovery {
     let cfg = Config {
         send_buffer: 256 * 1024,
         recv_buffer: 256 * 1024,
@@ -426,6 +471,7 @@ fn lossy_two_way(seed: u64, bytes: u64, sack: bool) -> Recovery {
     let mut s = Bulk::with_config(seed, bytes, cfg);
     s.streams[1].total = bytes;
     s.loss = 0.05;
+    s.loss_from_a_only = a_only;
     let start = s.now;
     s.run_until(|s| s.streams.iter().all(|st| st.received == st.total));
     let (a, b) = (s.a.stats(), s.b.stats());
@@ -435,7 +481,29 @@ fn lossy_two_way(seed: u64, bytes: u64, sack: bool) -> Recovery {
         simulated: s.now.saturating_duration_since(start),
         lost: s.lost,
         retransmits: a.retransmits + b.retransmits,
+        causes: std::array::from_fn(|i| rto_causes(a)[i] + rto_causes(b)[i]),
     }
+}
+
+/// Diagnostics: RTO causes over many seeds at 50 MiB each way
+/// (`TRACE_RTO=1` prints the sender's state at each timeout).
+#[test]
+#[ignore = "diagnostics"]
+fn rto_causes_over_seeds() {
+    let mut total = [0u64; 7];
+    for seed in std::env::var("SEEDS").ok().map_or(100..110, |s| {
+        let (a, b) = s.split_once("..").unwrap();
+        a.parse().unwrap()..b.parse().unwrap()
+    }) {
+        let r = lossy(seed, 50 << 20, true, std::env::var_os("A_ONLY").is_some());
+        eprintln!("seed {seed}: {r:?}");
+        for (t, c) in total.iter_mut().zip(r.causes) {
+            *t += c;
+        }
+    }
+    eprintln!(
+        "causes [repeated, lost rexmit, recovery, after probe, sacked, tail, handshake]: {total:?}"
+    );
 }
 
 /// Recovery time under 5% random loss on a 50 us round trip is bounded by

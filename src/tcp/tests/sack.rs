@@ -387,3 +387,104 @@ fn sack_recovery_reduces_to_seven_tenths_of_the_flight() {
     assert!(!cc.in_recovery);
     assert_eq!(cc.cwnd, 7000);
 }
+
+/// A retransmission lost at the tail of a recovery, with nothing sent after
+/// it: RFC 8985 schedules no probe in recovery, so it waited for the RTO
+/// (200 ms, window collapsed; most of our timeouts at 5% loss). The probe
+/// now runs in recovery too: after 2 SRTT + 2 ms of silence it resends the
+/// highest un-SACKed segment (here the lost retransmission itself), and
+/// recovery ends without a timeout.
+#[test]
+fn lost_retransmission_at_the_tail_is_probed_not_timed_out() {
+    let mut f = Fix::new(SACK_SPEC);
+    let data = pattern(5000, 8);
+    // SRTT = 100 us from the first segment's ACK (Karn timing).
+    f.app_send(&data[..1000]);
+    assert_eq!(f.recv_all().len(), 1);
+    f.advance(Duration::from_micros(100));
+    f.send_ack(0, 1000);
+    f.app_send(&data[1000..]);
+    assert_eq!(f.recv_all().len(), 4);
+    // Segment 1000..2000 lost; three above it SACKed: recovery, resent at once.
+    let tcp = TcpRepr {
+        seq: f.peer_seq(0),
+        ack: f.our_seq(1000),
+        options: TcpOptions {
+            sack: blocks(&[(f.our_seq(2000), f.our_seq(5000))]),
+            ..TcpOptions::default()
+        },
+        ..SEND_TEMPL
+    };
+    f.send(tcp, &[]);
+    let r = f.recv();
+    r.expect(ACK, f.our_seq(1000), f.peer_seq(0));
+    f.recv_nothing();
+    assert!(f.ep.conn_for_test(f.id).cc.in_recovery);
+    // That retransmission is lost too; nothing else is in flight or to send.
+    // PTO = 2 * 100 us + 2 ms after it.
+    f.advance(Duration::from_micros(2100));
+    f.recv_nothing();
+    f.advance(Duration::from_micros(150));
+    let probe = f.recv();
+    probe.expect(ACK, f.our_seq(1000), f.peer_seq(0));
+    assert!(probe.payload == data[1000..2000]);
+    f.recv_nothing();
+    f.send_ack(0, 5000);
+    assert_eq!(f.ep.send_queued(f.id), 0);
+    let s = f.ep.stats();
+    assert_eq!((s.tlp_probes, s.rto_expirations), (1, 0));
+    assert!(!f.ep.conn_for_test(f.id).cc.in_recovery);
+}
+
+/// A probe in recovery prefers new data (RFC 8985 7.3): sent after the lost
+/// retransmission, its SACK shows that retransmission lost (RACK, 6.2), and
+/// it is resent at once. Eleven segments in flight, the first lost, three
+/// SACKed: recovery at 0.7 x 11 leaves no room beside the retransmission;
+/// then everything still in flight is lost (a burst) and the ACKs stop.
+#[test]
+fn probe_in_recovery_sends_new_data_and_rack_finds_the_lost_retransmission() {
+    let mut f = Fix::new(SACK_SPEC);
+    let data = pattern(14_000, 9);
+    f.app_send(&data[..1000]);
+    assert_eq!(f.recv_all().len(), 1);
+    f.advance(Duration::from_micros(100));
+    f.send_ack(0, 1000);
+    f.app_send(&data[1000..]);
+    assert_eq!(f.recv_all().len(), 11, "cwnd: eleven segments");
+    let sack = |f: &mut Fix, list: &[(u32, u32)]| {
+        let b: Vec<(u32, u32)> = list
+            .iter()
+            .map(|&(l, r)| (f.our_seq(l), f.our_seq(r)))
+            .collect();
+        let tcp = TcpRepr {
+            seq: f.peer_seq(0),
+            ack: f.our_seq(1000),
+            options: TcpOptions {
+                sack: blocks(&b),
+                ..TcpOptions::default()
+            },
+            ..SEND_TEMPL
+        };
+        f.send(tcp, &[]);
+    };
+    sack(&mut f, &[(2000, 5000)]);
+    f.recv().expect(ACK, f.our_seq(1000), f.peer_seq(0));
+    f.recv_nothing();
+    // The retransmission and 5000..12000 are lost. The probe: new data,
+    // regardless of cwnd.
+    f.advance(Duration::from_micros(2250));
+    let probe = f.recv();
+    probe.expect(ACK, f.our_seq(12_000), f.peer_seq(0));
+    assert!(probe.payload == data[12_000..13_000]);
+    f.recv_nothing();
+    // It is SACKed: the retransmission sent before it was lost, and goes first.
+    sack(&mut f, &[(12_000, 13_000), (2000, 5000)]);
+    let again = f.recv();
+    again.expect(ACK, f.our_seq(1000), f.peer_seq(0));
+    assert!(again.payload == data[1000..2000]);
+    let s = f.ep.stats();
+    assert_eq!(
+        (s.tlp_probes, s.rack_lost_retransmits, s.rto_expirations),
+        (1, 1, 0)
+    );
+}
