@@ -6,6 +6,7 @@
 //! itself, re-executed with a hidden subcommand (`kernel-server`,
 //! `kernel-client`, `syn-flood`).
 
+mod bulk;
 mod kernel_client;
 mod kernel_server;
 mod netns;
@@ -34,7 +35,9 @@ use scenarios::{Contender, Env, Scenario};
 #[command(
     name = "turnstile-bench",
     about = "Short-connection churn: turnstile vs the kernel, HAProxy and nginx, in fresh namespaces",
-    after_help = "Scenarios: wire-limit, accept-churn, connect-churn, proxy-churn (default: all, in that order).\n\
+    after_help = "Scenarios: wire-limit, accept-churn, connect-churn, proxy-churn (default: all, in that order);\n\
+                  bulk (iperf3 1 stream, -R, -P 8, redis-benchmark -k 0 and ab through HAProxy and turnstile run\n\
+                  at equal cores; bulk-iperf / bulk-short for either half), only when named.\n\
                   Default run: 5 s per run, 2 rounds alternated (A B A B), connect-churn 15 s once; under 3 minutes.\n\
                   --full: 15 s per run, 3 rounds, connect-churn 100 s (past the kernel's 60 s TIME_WAIT)."
 )]
@@ -180,10 +183,29 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         unsafe { libc::geteuid() } == 0,
         "turnstile-bench needs root (network namespaces, XDP, AF_XDP)"
     );
+    let mut workloads: Vec<bulk::Workload> = Vec::new();
+    let named: Vec<&String> = cli
+        .scenarios
+        .iter()
+        .filter(|s| match bulk::parse(s) {
+            Some(w) => {
+                for x in w {
+                    if !workloads.contains(&x) {
+                        workloads.push(x);
+                    }
+                }
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if !workloads.is_empty() {
+        bulk::check_tools()?;
+    }
     let scenarios: Vec<Scenario> = if cli.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
-        cli.scenarios
+        named
             .iter()
             .map(|s| {
                 Scenario::parse(s).with_context(|| {
@@ -316,6 +338,9 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         results.push(r);
     }
     pb.finish_and_clear();
+    if !workloads.is_empty() {
+        run_bulk(&env, &workloads, &cli, &out)?;
+    }
     let interrupted = stop.load(Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let mut keys: Vec<(String, String)> = Vec::new();
@@ -332,13 +357,79 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         elapsed,
         interrupted,
     };
-    write_outputs(&out, &info, &keys, &results)?;
+    if !plan.is_empty() {
+        write_outputs(&out, &info, &keys, &results)?;
+    }
     eprintln!("results in {} ({elapsed:.0} s)", out.display());
     Ok(if interrupted {
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The bulk scenario: every contender once per round (A B A B), its table
+/// printed and written to OUT/bulk.md, every measurement to OUT/bulk.json.
+fn run_bulk(env: &Env, workloads: &[bulk::Workload], cli: &Cli, out: &Path) -> anyhow::Result<()> {
+    let duration = cli.duration.unwrap_or(if cli.full { 15.0 } else { 8.0 });
+    let rounds = cli.rounds.unwrap_or(if cli.full { 3 } else { 2 }).max(1);
+    let date = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
+    let load = format!(
+        "loadavg at start {}; {}",
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        if sh("pgrep -x yes").is_empty() {
+            "no `yes` CPU hog running"
+        } else {
+            "a `yes` CPU hog running"
+        }
+    );
+    let mut all = Vec::new();
+    for round in 1..=rounds {
+        for proxy in bulk::contenders() {
+            if env.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let got = bulk::run_world(env, proxy, round, workloads, duration, &mut |m| {
+                eprintln!(
+                    "bulk | {} | {} | round {}: {}",
+                    m.workload,
+                    m.contender,
+                    m.round,
+                    match (&m.value, &m.error) {
+                        (Some(v), _) => format!("{v:.1}"),
+                        (None, Some(e)) => format!("error: {e}"),
+                        _ => "-".into(),
+                    }
+                )
+            });
+            for m in got.iter().filter(|m| m.workload == "setup") {
+                eprintln!("bulk | {} | round {round}: {:?}", m.contender, m.error);
+            }
+            all.extend(got);
+        }
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut md = format!(
+        "## turnstile-bench bulk\n\n- Command: `{}`\n- Date: {date}; {} cores ({}), Linux {}; {} s per workload, {rounds} rounds, \
+         contenders alternated; concurrency {} (redis-benchmark -c, ab -c); HAProxy `nbthread {q}`, turnstile `queues = {q}` on a {q}-queue veth\n\
+         - Load: {}\n\n",
+        command.replace(
+            &*std::env::current_exe()?.to_string_lossy(),
+            "turnstile-bench"
+        ),
+        env.cores,
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").trim(),
+        sh("uname -r"),
+        duration,
+        env.concurrency,
+        load,
+        q = env.queues,
+    );
+    md.push_str(&bulk::markdown(&all, workloads));
+    std::fs::write(out.join("bulk.md"), &md)?;
+    std::fs::write(out.join("bulk.json"), serde_json::to_string_pretty(&all)?)?;
+    println!("{md}");
+    Ok(())
 }
 
 fn slug(s: &str) -> String {

@@ -105,7 +105,7 @@ impl Contender {
     }
 }
 
-const TW_TUNED: [(&str, &str); 2] = [
+pub const TW_TUNED: [(&str, &str); 2] = [
     ("net.ipv4.tcp_tw_reuse", "1"),
     ("net.ipv4.tcp_tw_reuse_delay", "10"),
 ];
@@ -196,10 +196,10 @@ pub struct Env {
 }
 
 /// A scratch directory removed on drop.
-struct Scratch(PathBuf);
+pub struct Scratch(pub PathBuf);
 
 impl Scratch {
-    fn new() -> anyhow::Result<Scratch> {
+    pub fn new() -> anyhow::Result<Scratch> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let p = std::env::temp_dir().join(format!(
             "turnstile-bench-{}-{}",
@@ -252,20 +252,20 @@ pub fn run_one(
     r
 }
 
-fn sysctls(h: &Host, list: &[(&str, &str)]) -> anyhow::Result<()> {
+pub fn sysctls(h: &Host, list: &[(&str, &str)]) -> anyhow::Result<()> {
     for (k, v) in list {
         h.sh_ok(&format!("sysctl -qw {k}={v}"))?;
     }
     Ok(())
 }
 
-fn turnstile_bin(env: &Env) -> anyhow::Result<&PathBuf> {
+pub fn turnstile_bin(env: &Env) -> anyhow::Result<&PathBuf> {
     env.turnstile
         .as_ref()
         .context("the turnstile binary was not found (build it with `cargo build --release`)")
 }
 
-fn bench_cmd(env: &Env, h: &Host, sub: &str) -> Command {
+pub fn bench_cmd(env: &Env, h: &Host, sub: &str) -> Command {
     let mut cmd = h.command(env.bench.to_str().unwrap_or("turnstile-bench"));
     cmd.arg(sub);
     cmd
@@ -326,7 +326,7 @@ fn start_server(
 }
 
 /// Waits until `addr` accepts a TCP connection from inside `netns`.
-fn wait_port(
+pub fn wait_port(
     netns: &str,
     addr: SocketAddrV4,
     timeout: Duration,

@@ -73,6 +73,10 @@ impl Ctx<'_> {
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, ConnError> {
         self.ep.send(id, data)
     }
+    /// `recv` from `from` and `send` to `to` in one copy (`Endpoint::relay`).
+    pub fn relay(&mut self, from: ConnId, to: ConnId, max: usize) -> Result<usize, ConnError> {
+        self.ep.relay(from, to, max)
+    }
     /// Half-close: a FIN after what was queued; reading goes on.
     pub fn shutdown(&mut self, id: ConnId) -> Result<(), ConnError> {
         self.ep.shutdown(id)

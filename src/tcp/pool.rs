@@ -108,6 +108,36 @@ impl ChunkPool {
         self.next[id as usize] = next;
     }
 
+    /// Copy `n` bytes from chunk `src` at `src_off` to chunk `dst` at
+    /// `dst_off`, two different chunks (a chunk is in one chain only), in
+    /// one pass: the relay's one copy between two connections' buffers.
+    pub(crate) fn copy_between(
+        &mut self,
+        src: u32,
+        src_off: usize,
+        dst: u32,
+        dst_off: usize,
+        n: usize,
+    ) {
+        debug_assert_ne!(src, dst, "a chunk belongs to one chain");
+        debug_assert!(src_off + n <= CHUNK && dst_off + n <= CHUNK);
+        let (ss, so) = (src as usize / SLAB_CHUNKS, src as usize % SLAB_CHUNKS);
+        let (ds, d) = (dst as usize / SLAB_CHUNKS, dst as usize % SLAB_CHUNKS);
+        let from = so * CHUNK + src_off;
+        let to = d * CHUNK + dst_off;
+        if ss == ds {
+            self.slabs[ss].copy_within(from..from + n, to);
+        } else {
+            let (a, b) = self.slabs.split_at_mut(ss.max(ds));
+            let (src_slab, dst_slab) = if ss < ds {
+                (&a[ss], &mut b[0])
+            } else {
+                (&b[0], &mut a[ds])
+            };
+            dst_slab[to..to + n].copy_from_slice(&src_slab[from..from + n]);
+        }
+    }
+
     pub(crate) fn chunk(&self, id: u32) -> &[u8] {
         let (s, o) = (id as usize / SLAB_CHUNKS, id as usize % SLAB_CHUNKS);
         &self.slabs[s][o * CHUNK..(o + 1) * CHUNK]
@@ -244,6 +274,49 @@ impl Chain {
         }
     }
 
+    /// Copy bytes `at..at + n` of this run (stored) to bytes `dst_at..` of
+    /// `dst`'s run (storage reserved), chunk to chunk: no intermediate buffer.
+    pub(crate) fn copy_to(
+        &self,
+        pool: &mut ChunkPool,
+        at: usize,
+        dst: &Chain,
+        dst_at: usize,
+        mut n: usize,
+    ) {
+        if n == 0 {
+            return;
+        }
+        let pos = self.start as usize + at;
+        let (mut sk, mut soff) = ((pos / CHUNK) as u32, pos % CHUNK);
+        let mut sid = self.nth(pool, sk);
+        let pos = dst.start as usize + dst_at;
+        let (mut dk, mut doff) = ((pos / CHUNK) as u32, pos % CHUNK);
+        let mut did = dst.nth(pool, dk);
+        loop {
+            let m = n.min(CHUNK - soff).min(CHUNK - doff);
+            pool.copy_between(sid, soff, did, doff, m);
+            n -= m;
+            if n == 0 {
+                return;
+            }
+            soff += m;
+            doff += m;
+            if soff == CHUNK {
+                sid = pool.next(sid);
+                sk += 1;
+                soff = 0;
+                self.cursor.set((self.dropped + u64::from(sk), sid));
+            }
+            if doff == CHUNK {
+                did = pool.next(did);
+                dk += 1;
+                doff = 0;
+                dst.cursor.set((dst.dropped + u64::from(dk), did));
+            }
+        }
+    }
+
     /// Drop the first `n` bytes of the run, returning chunks left empty.
     pub(crate) fn consume(&mut self, pool: &mut ChunkPool, n: usize) {
         let mut start = self.start as usize + n;
@@ -299,6 +372,35 @@ mod tests {
         c.read(&pool, 0, &mut out[..100]);
         assert_eq!(&out[..100], &data[4100..4200]);
         c.clear(&mut pool);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn copy_to_moves_bytes_between_chains_at_any_alignment() {
+        let mut pool = ChunkPool::new(4 << 20);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        // Chunks of both chains interleave across slabs.
+        for (skip, dst_pre, n) in [(0, 0, 5000), (7, 1999, 70_000), (2047, 1, 150_000)] {
+            let mut a = Chain::new();
+            let mut b = Chain::new();
+            assert_eq!(a.reserve(&mut pool, data.len()), data.len());
+            a.write(&mut pool, 0, &data);
+            a.consume(&mut pool, skip);
+            assert_eq!(b.reserve(&mut pool, dst_pre), dst_pre);
+            b.write(&mut pool, 0, &data[..dst_pre]);
+            assert_eq!(b.reserve(&mut pool, dst_pre + n), dst_pre + n);
+            a.copy_to(&mut pool, 3, &b, dst_pre, n);
+            let mut out = vec![0u8; dst_pre + n];
+            b.read(&pool, 0, &mut out);
+            assert_eq!(&out[..dst_pre], &data[..dst_pre]);
+            assert_eq!(
+                &out[dst_pre..],
+                &data[skip + 3..skip + 3 + n],
+                "skip {skip}"
+            );
+            a.clear(&mut pool);
+            b.clear(&mut pool);
+        }
         assert_eq!(pool.in_use(), 0);
     }
 

@@ -119,6 +119,10 @@ impl RecvBuffer {
     pub(crate) fn chunks(&self) -> usize {
         self.chain.chunks()
     }
+    /// The storage: in-order bytes are `0..readable()` of its run.
+    pub(crate) fn chain(&self) -> &Chain {
+        &self.chain
+    }
     /// In-order bytes the application can read.
     pub(crate) fn readable(&self) -> usize {
         self.readable

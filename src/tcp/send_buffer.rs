@@ -62,6 +62,30 @@ impl SendBuffer {
         n
     }
 
+    /// Storage for up to `n` more bytes (within the bound and what the pool
+    /// lends); returns how many have it. [`SendBuffer::fill_from`] then
+    /// writes them and [`SendBuffer::commit`] queues them: three steps so
+    /// the source can be another connection's buffer borrowed at the same
+    /// time (`Endpoint::relay`).
+    pub(crate) fn reserve(&mut self, n: usize, pool: &mut ChunkPool) -> usize {
+        let want = n.min(self.free());
+        if want == 0 {
+            return 0;
+        }
+        self.chain.reserve(pool, self.len + want) - self.len
+    }
+
+    /// Copy the first `n` bytes of `src`'s run into the reserved storage,
+    /// chunk to chunk.
+    pub(crate) fn fill_from(&self, src: &Chain, n: usize, pool: &mut ChunkPool) {
+        src.copy_to(pool, 0, &self.chain, self.len, n);
+    }
+
+    /// Queue `n` bytes written by `fill_from`.
+    pub(crate) fn commit(&mut self, n: usize) {
+        self.len += n;
+    }
+
     /// Copy bytes starting `offset` bytes after the head into `out`; returns the count.
     pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8], pool: &ChunkPool) -> usize {
         if offset >= self.len {
@@ -124,6 +148,26 @@ mod tests {
         assert_eq!(b.free_in(&p), 0);
         b.consume(CHUNK, &mut p);
         assert_eq!(b.free_in(&p), CHUNK);
+    }
+
+    #[test]
+    fn fill_from_another_chain() {
+        let mut p = ChunkPool::new(1 << 20);
+        let mut src = Chain::new();
+        let data: Vec<u8> = (0..9000u32).map(|i| (i % 249) as u8).collect();
+        src.reserve(&mut p, data.len());
+        src.write(&mut p, 0, &data);
+        let mut b = SendBuffer::new(6000);
+        assert_eq!(b.push(b"head", &mut p), 4);
+        let n = b.reserve(data.len(), &mut p);
+        assert_eq!(n, 5996, "bounded by the buffer's cap");
+        b.fill_from(&src, n, &mut p);
+        b.commit(n);
+        let mut out = vec![0u8; 6000];
+        assert_eq!(b.copy_out(0, &mut out, &p), 6000);
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..], &data[..5996]);
+        assert_eq!(b.reserve(1, &mut p), 0);
     }
 
     proptest! {

@@ -97,6 +97,8 @@ pub struct XskStats {
     pub tx_bytes: u64,
     /// A frame to send found no free UMEM frame and was dropped.
     pub tx_no_frame: u64,
+    /// sendto(2) calls that kicked the kernel to transmit.
+    pub tx_kicks: u64,
 }
 
 /// What [`XskSocket::send_with`] did.
@@ -131,8 +133,14 @@ pub struct XskSocket {
     /// syscall that runs the driver's poll loop (as the kernel's xdpsock
     /// sample does), not only when the kernel asks for a wakeup.
     busy_poll: bool,
+    /// Frames were put on the tx ring that the kernel may not have taken
+    /// yet (the last kick was cut short, or none was made since).
+    tx_unkicked: bool,
     stats: XskStats,
 }
+
+/// sendto calls per flush at most: 16 x 32 descriptors in copy mode.
+const MAX_KICKS: usize = 16;
 
 // SAFETY: every ring and the UMEM are owned by this value and used by one
 // thread at a time (the shard that owns it); xsk-rs's handles are Send except
@@ -208,6 +216,7 @@ impl XskSocket {
             scratch,
             batch: cfg.batch.max(1),
             busy_poll: cfg.busy_poll.is_some(),
+            tx_unkicked: false,
             stats: XskStats::default(),
         })
     }
@@ -319,17 +328,58 @@ impl XskSocket {
     /// moves TX only on a syscall, so this is done once per batch).
     pub fn flush(&mut self) {
         self.reclaim();
-        if self.tx_pending.is_empty() {
-            return;
+        if !self.tx_pending.is_empty() {
+            // SAFETY: frames of this UMEM, written above, in no other ring.
+            let sent = unsafe { self.tx.produce(&self.tx_pending) };
+            if sent > 0 {
+                self.stats.tx_frames += sent as u64;
+                self.tx_pending.drain(..sent);
+                self.tx_unkicked = true;
+            }
         }
-        // SAFETY: frames of this UMEM, written above, in no other ring.
-        let sent = unsafe { self.tx.produce(&self.tx_pending) };
-        if sent > 0 {
-            self.stats.tx_frames += sent as u64;
-            self.tx_pending.drain(..sent);
+        if self.tx_unkicked && (self.busy_poll || self.tx.needs_wakeup()) {
+            self.kick();
         }
-        if self.busy_poll || self.tx.needs_wakeup() {
-            let _ = self.tx.wakeup();
+    }
+
+    /// The sendto that makes the kernel take our tx ring. In copy mode one
+    /// call moves at most `TX_BATCH_SIZE` (32) descriptors
+    /// (`__xsk_generic_xmit` in net/xdp/xsk.c) and answers EAGAIN when more
+    /// are left, so it is repeated, bounded; what is still left is kicked on
+    /// the next flush even if nothing new was queued (before, frames beyond
+    /// the first 32 of a flush sat in the ring until the next frame was sent
+    /// or the shard slept in poll(2), which also drives copy-mode TX).
+    fn kick(&mut self) {
+        for _ in 0..MAX_KICKS {
+            self.stats.tx_kicks += 1;
+            // SAFETY: a non-blocking sendto with no buffer on our own
+            // socket: it only asks the kernel to process the tx ring.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd,
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if rc >= 0 {
+                self.tx_unkicked = false;
+                return;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                // More descriptors left than one call takes.
+                Some(libc::EAGAIN) => continue,
+                // The kernel is busy with this ring (EBUSY) or out of skbs
+                // (ENOBUFS): try again on the next flush.
+                Some(libc::EBUSY) | Some(libc::ENOBUFS) => return,
+                // ENETDOWN and the like: nothing a retry fixes now.
+                _ => {
+                    self.tx_unkicked = false;
+                    return;
+                }
+            }
         }
     }
 

@@ -6,8 +6,9 @@
 //!
 //! - Backpressure: bytes move from one leg's receive buffer straight into
 //!   the other leg's send buffer, never more than fits, so a slow reader
-//!   keeps the other side's window closed and memory stays bounded (one
-//!   scratch buffer per shard). A direction blocked on a full send buffer
+//!   keeps the other side's window closed and memory stays bounded; one
+//!   copy per byte, chunk to chunk (`Endpoint::relay`), with no buffer in
+//!   between. A direction blocked on a full send buffer
 //!   resumes on `Writable` (asked for with `want_writable`), with a
 //!   periodic re-check as a safety net.
 //! - Client bytes that arrive before the upstream is connected stay in the
@@ -278,7 +279,6 @@ pub struct Proxy {
     slot_waiters: VecDeque<u32>,
     probes: FxHashMap<SocketAddrV4, Probe>,
     probe_ids: FxHashMap<ConnId, SocketAddrV4>,
-    scratch: Box<[u8]>,
     next_scan: Instant,
     /// Session deadlines: one live entry per session.
     timers: TimerQueue,
@@ -306,7 +306,6 @@ impl Proxy {
             slot_waiters: VecDeque::new(),
             probes: FxHashMap::default(),
             probe_ids: FxHashMap::default(),
-            scratch: vec![0; 64 * 1024].into_boxed_slice(),
             next_scan: Instant::ZERO,
             timers: TimerQueue::default(),
             next_serial: 0,

@@ -18,8 +18,8 @@ impl Proxy {
         if !s.connected {
             return;
         }
-        let a = relay(ctx, s, Leg::Client, &mut self.scratch);
-        let b = relay(ctx, s, Leg::Upstream, &mut self.scratch);
+        let a = relay(ctx, s, Leg::Client);
+        let b = relay(ctx, s, Leg::Upstream);
         if (a || b) && !s.blocked {
             s.blocked = true;
             self.blocked.push(sid);
@@ -165,7 +165,7 @@ impl Proxy {
 /// Moves what fits from leg `from`'s receive buffer into the other leg's
 /// send buffer; propagates `from`'s FIN once all its bytes are through.
 /// Returns whether bytes are left waiting for send space.
-fn relay(ctx: &mut Ctx<'_>, s: &mut Session, from: Leg, scratch: &mut [u8]) -> bool {
+fn relay(ctx: &mut Ctx<'_>, s: &mut Session, from: Leg) -> bool {
     let Some(up) = s.upstream else {
         return false;
     };
@@ -176,30 +176,12 @@ fn relay(ctx: &mut Ctx<'_>, s: &mut Session, from: Leg, scratch: &mut [u8]) -> b
     if dst_shut || dst_gone {
         return false;
     }
-    let mut moved = 0usize;
-    let mut blocked = false;
-    loop {
-        let room = ctx.send_capacity(dst).min(scratch.len());
-        if room == 0 {
-            blocked = ctx.recv_available(src) > 0;
-            if blocked {
-                ctx.want_writable(dst);
-            }
-            break;
-        }
-        let n = match ctx.recv(src, &mut scratch[..room]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        match ctx.send(dst, &scratch[..n]) {
-            Ok(sent) => {
-                // send_capacity promised the room; a short send would lose
-                // bytes already taken from the other leg.
-                debug_assert_eq!(sent, n, "send_capacity promised room");
-                moved += sent;
-            }
-            Err(_) => break,
-        }
+    // One call moves what fits, copying once (receive chunks to send
+    // chunks); what is left waits for `Writable` on `dst`.
+    let moved = ctx.relay(src, dst, usize::MAX).unwrap_or(0);
+    let blocked = ctx.recv_available(src) > 0;
+    if blocked {
+        ctx.want_writable(dst);
     }
     if moved > 0 {
         s.relayed += moved as u64;

@@ -413,6 +413,40 @@ impl Connection {
     pub(crate) fn app_recv(&mut self, buf: &mut [u8], cfg: &Config, pool: &mut ChunkPool) -> usize {
         self.readable_pending = false;
         let n = self.recv_buf.read(buf, pool);
+        self.after_app_read(n, cfg);
+        n
+    }
+
+    /// RECEIVE of `n` bytes without copying them out (`Endpoint::relay`
+    /// copied them into another connection's send buffer first).
+    pub(crate) fn app_discard(&mut self, n: usize, cfg: &Config, pool: &mut ChunkPool) {
+        self.readable_pending = false;
+        let n = n.min(self.recv_buf.readable());
+        self.recv_buf.discard(n, pool);
+        self.after_app_read(n, cfg);
+    }
+
+    /// SEND's bookkeeping for `n` bytes the caller put in the send buffer
+    /// itself (`Endpoint::relay`), `wanted` being what it had to offer.
+    pub(crate) fn app_sent(&mut self, n: usize, wanted: usize) {
+        self.snd_data_end += n as u32;
+        if n < wanted {
+            self.writable_wanted = true;
+        }
+    }
+
+    /// Whether SEND is allowed now (the checks of `app_send`).
+    pub(crate) fn app_can_send(&self) -> Result<(), ConnError> {
+        if self.fin_queued || self.app_closed {
+            return Err(ConnError::SendClosed);
+        }
+        if !self.state.can_send() {
+            return Err(ConnError::NotConnected);
+        }
+        Ok(())
+    }
+
+    fn after_app_read(&mut self, n: usize, cfg: &Config) {
         if n > 0 && self.state.can_receive() {
             // Receiver SWS avoidance: announce the opening once it is at least
             // min(buffer/2, MSS) beyond what was advertised, and the advertised
@@ -428,7 +462,6 @@ impl Connection {
                 self.ack_now = true;
             }
         }
-        n
     }
 
     /// Half-close (CLOSE of RFC 9293 3.10.4 for the sending direction): FIN after queued data.

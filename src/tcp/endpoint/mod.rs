@@ -372,6 +372,46 @@ impl Endpoint {
         Ok(n)
     }
 
+    /// Moves what fits of `from`'s received in-order bytes (at most `max`)
+    /// into `to`'s send buffer, as `recv` from one and `send` to the other
+    /// would, but copying once, chunk to chunk, with no buffer between (the
+    /// sidecar's relay: both legs of a session live in one endpoint).
+    /// `Ok(0)` when there is nothing to move or no room; `Writable` follows
+    /// on `to` when its buffer took less than `from` held.
+    pub fn relay(&mut self, from: ConnId, to: ConnId, max: usize) -> Result<usize, ConnError> {
+        if from == to {
+            return Err(ConnError::InvalidId);
+        }
+        let avail = app_conn_mut(&mut self.slots, from)?
+            .recv_available()
+            .min(max);
+        let dst = app_conn_mut(&mut self.slots, to)?;
+        dst.app_can_send()?;
+        if avail == 0 {
+            return Ok(0);
+        }
+        // Storage in `to` first (the pool may lend less), then the copy with
+        // both buffers borrowed shared and the pool alone mutable.
+        let n = dst.send_buf.reserve(avail, &mut self.pool);
+        if n > 0 {
+            let (slots, pool) = (&self.slots, &mut self.pool);
+            let conn = |id: ConnId| slots[id.index as usize].conn.as_ref();
+            // Both were checked above; the reserved storage stays spare if not.
+            let (Some(src), Some(dst)) = (conn(from), conn(to)) else {
+                return Err(ConnError::InvalidId);
+            };
+            dst.send_buf.fill_from(src.recv_buf.chain(), n, pool);
+            app_conn_mut(&mut self.slots, to)?.send_buf.commit(n);
+        }
+        let conn = app_conn_mut(&mut self.slots, to)?;
+        conn.app_sent(n, avail);
+        let conn = app_conn_mut(&mut self.slots, from)?;
+        conn.app_discard(n, &self.config, &mut self.pool);
+        self.after_call(to.index, self.last_now, true);
+        self.after_call(from.index, self.last_now, true);
+        Ok(n)
+    }
+
     /// Half-close: a FIN follows the queued data; receiving continues.
     pub fn shutdown(&mut self, id: ConnId) -> Result<(), ConnError> {
         let conn = self.conn_mut(id)?;

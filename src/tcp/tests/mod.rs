@@ -14,6 +14,7 @@ mod limits;
 mod link;
 mod pair;
 mod pmtu;
+mod relay;
 mod reliability;
 mod rfc5961;
 mod sack;
