@@ -7,12 +7,14 @@
 //! `kernel-client`, `syn-flood`).
 
 mod bulk;
+mod configs;
 mod kernel_client;
 mod kernel_server;
 mod netns;
 mod plot;
 mod procs;
 mod report;
+mod samples;
 mod scenarios;
 mod stats;
 mod syn_flood;

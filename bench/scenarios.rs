@@ -2,7 +2,6 @@
 //! namespaces, processes started inside them, sampled every second, stopped,
 //! reaped and torn down (drop guards, also on error or Ctrl-C).
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,16 +12,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use turnstile::topology::{Host, Topology, TopologyConfig};
 
-use crate::kernel_client::{ClientClose, ClientReport, KINDS};
+use crate::configs::{haproxy_config, nginx_config, turnstile_run_config};
+use crate::kernel_client::{ClientClose, ClientReport};
 use crate::netns::{NsSample, Sampler};
 use crate::procs::{Proc, Usage, tree_usage};
 use crate::report::{RunResult, Wire};
+use crate::samples::{counter_deltas, from_turnstile_load, per_second, tw_series};
 use crate::stats::Spread;
 
 pub const PORT: u16 = 80;
 pub const BACKEND_PORT: u16 = 8080;
 const FLOOD_PORT: u16 = 9;
-const SERVER_METRICS: &str = "127.0.0.1:9900";
+pub const SERVER_METRICS: &str = "127.0.0.1:9900";
 const CLIENT_METRICS: &str = "127.0.0.1:9901";
 /// turnstile's active-open ports in the bench: as many as the kernel's
 /// default ephemeral range (32768-60999, 28,232 ports) but outside it, so no
@@ -418,44 +419,6 @@ fn start_proxy(
     }
 }
 
-pub fn haproxy_config(listen: SocketAddrV4, backend: SocketAddrV4, threads: usize) -> String {
-    // maxconn 8000: the file-descriptor hard limit here is 20,000
-    // (docs/BENCHMARKS.md, "File descriptors").
-    format!(
-        "global\n    nbthread {threads}\n    maxconn 8000\n\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    maxconn 8000\n\n\
-         frontend fe\n    bind {listen}\n    default_backend be\n\n\
-         backend be\n    server b1 {backend}\n"
-    )
-}
-
-pub fn nginx_config(
-    module: &str,
-    listen: SocketAddrV4,
-    backend: SocketAddrV4,
-    workers: usize,
-    dir: &std::path::Path,
-) -> String {
-    format!(
-        "load_module {module};\n\
-         daemon off;\nmaster_process on;\nworker_processes {workers};\nworker_rlimit_nofile 20000;\n\
-         pid {pid};\nerror_log {log} warn;\n\
-         events {{ worker_connections 8000; multi_accept on; }}\n\
-         stream {{\n    upstream be {{ server {backend}; }}\n\
-         \x20   server {{ listen {listen} reuseport backlog=4096; proxy_pass be; proxy_connect_timeout 5s; proxy_timeout 30s; }}\n}}\n",
-        pid = dir.join("nginx.pid").display(),
-        log = dir.join("error.log").display(),
-    )
-}
-
-pub fn turnstile_run_config(iface: &str, queues: u32, port: u16, backend: SocketAddrV4) -> String {
-    format!(
-        "interface = \"{iface}\"\nqueues = {queues}\nmetrics = \"{SERVER_METRICS}\"\n\n\
-         [[listener]]\nport = {port}\nbalance = \"round-robin\"\nbackends = [\"{backend}\"]\n\n\
-         [upstream]\nports = \"{TURNSTILE_PORTS}\"\nreuse = true\nreuse_delay_ms = {TURNSTILE_REUSE_DELAY_MS}\n"
-    )
-}
-
 const METRIC_NAMES: [&str; 18] = [
     "turnstile_time_wait",
     "turnstile_connections_accepted_total",
@@ -757,146 +720,9 @@ fn execute(
     Ok(())
 }
 
-/// How much each turnstile counter grew over the run (gauges: last value).
-pub fn counter_deltas(samples: &[NsSample]) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
-        return out;
-    };
-    for (k, v) in &last.metrics {
-        let gauge = !k.contains("_total");
-        let base = if gauge {
-            0
-        } else {
-            first.metrics.get(k).copied().unwrap_or(0)
-        };
-        out.insert(k.clone(), v.saturating_sub(base));
-    }
-    out
-}
-
-/// Kernel TIME_WAIT plus turnstile's own gauge, per sample.
-fn tw_series(samples: &[NsSample]) -> Vec<u64> {
-    samples
-        .iter()
-        .map(|s| s.tw_kernel + s.metrics.get("turnstile_time_wait").copied().unwrap_or(0))
-        .collect()
-}
-
-/// Per-second increases of a counter over the run's first `duration` seconds.
-pub fn per_second(samples: &[NsSample], name: &str, duration: f64) -> Vec<f64> {
-    let secs = duration.floor() as usize;
-    let v: Vec<Option<u64>> = samples
-        .iter()
-        .map(|s| s.metrics.get(name).copied())
-        .collect();
-    v.windows(2)
-        .take(secs)
-        .map(|w| match (w[0], w[1]) {
-            (Some(a), Some(b)) => b.saturating_sub(a) as f64,
-            // Not up yet at the start of this second: count from 0.
-            (None, Some(b)) => b as f64,
-            _ => 0.0,
-        })
-        .collect()
-}
-
-/// `turnstile load`'s one JSON line as a [`ClientReport`] (percentiles only).
-pub fn from_turnstile_load(line: &str) -> anyhow::Result<ClientReport> {
-    let v: serde_json::Value = serde_json::from_str(line).context("turnstile load report")?;
-    let mut rep = ClientReport {
-        ok: v["ok"]
-            .as_u64()
-            .context("no `ok` in turnstile load report")?,
-        elapsed_s: v["elapsed_s"].as_f64().unwrap_or(0.0),
-        last_error: v["last_error"].as_str().map(str::to_string),
-        ..Default::default()
-    };
-    for k in KINDS {
-        rep.failures
-            .insert(k.to_string(), v["failures"][k].as_u64().unwrap_or(0));
-    }
-    let l = &v["latency_us"];
-    if rep.ok > 0 {
-        rep.latency = Some(crate::stats::Latency {
-            p50_us: l["p50"].as_u64().unwrap_or(0),
-            p99_us: l["p99"].as_u64().unwrap_or(0),
-            p999_us: l["p999"].as_u64().unwrap_or(0),
-            max_us: l["p999"].as_u64().unwrap_or(0),
-            count: rep.ok,
-        });
-    }
-    Ok(rep)
-}
-
-/// Addresses for tests.
-#[cfg(test)]
-fn example_addrs() -> (SocketAddrV4, SocketAddrV4) {
-    use std::net::Ipv4Addr;
-    (
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 1), PORT),
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 2), BACKEND_PORT),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn turnstile_load_line_is_read() {
-        let line = r#"{"connections":100,"ok":90,"failed":10,"failures":{"no_port":7,"refused":0,"timeout":1,"reset":2,"bad_response":0,"other":0},"elapsed_s":1.5,"rate_per_s":60.0,"latency_us":{"p50":80,"p99":900,"p999":1500},"interrupted":true,"last_error":"no port"}"#;
-        let r = from_turnstile_load(line).unwrap();
-        assert_eq!((r.ok, r.failed(), r.failures["no_port"]), (90, 10, 7));
-        assert_eq!(r.latency.unwrap().p99_us, 900);
-        assert!(from_turnstile_load("{}").is_err());
-    }
-
-    #[test]
-    fn counter_deltas_per_second() {
-        let s = |m: Option<u64>| NsSample {
-            metrics: m.map(|v| [("c".to_string(), v)].into()).unwrap_or_default(),
-            ..Default::default()
-        };
-        let v = [s(None), s(Some(5)), s(Some(15)), s(Some(15)), s(Some(40))];
-        assert_eq!(per_second(&v, "c", 3.0), vec![5.0, 10.0, 0.0]);
-        assert_eq!(per_second(&v, "c", 10.0).len(), 4);
-    }
-
-    #[test]
-    fn counters_grow_gauges_stay() {
-        let s = |tw: u64, acc: u64| NsSample {
-            metrics: [
-                ("turnstile_time_wait".to_string(), tw),
-                ("turnstile_connections_accepted_total".to_string(), acc),
-            ]
-            .into(),
-            ..Default::default()
-        };
-        let d = counter_deltas(&[s(5, 100), s(9, 150), s(7, 400)]);
-        assert_eq!(d["turnstile_time_wait"], 7);
-        assert_eq!(d["turnstile_connections_accepted_total"], 300);
-        assert!(counter_deltas(&[]).is_empty());
-    }
-
-    #[test]
-    fn configs_name_what_they_must() {
-        let (l, b) = example_addrs();
-        let h = haproxy_config(l, b, 2);
-        assert!(h.contains("nbthread 2") && h.contains("maxconn 8000") && h.contains("mode tcp"));
-        assert!(h.contains("bind 198.18.7.1:80") && h.contains("server b1 198.18.7.2:8080"));
-        let n = nginx_config("/m.so", l, b, 2, std::path::Path::new("/tmp/x"));
-        assert!(n.contains("load_module /m.so;") && n.contains("listen 198.18.7.1:80 reuseport"));
-        assert!(n.contains("server 198.18.7.2:8080;") && n.contains("worker_processes 2;"));
-        let t = turnstile_run_config("eth9", 2, 80, b);
-        let v: toml::Value = toml::from_str(&t).unwrap();
-        assert_eq!(v["interface"].as_str(), Some("eth9"));
-        assert_eq!(
-            v["listener"][0]["backends"][0].as_str(),
-            Some("198.18.7.2:8080")
-        );
-        assert_eq!(v["upstream"]["ports"].as_str(), Some(TURNSTILE_PORTS));
-    }
 
     #[test]
     fn every_scenario_has_contenders_and_names_parse() {
