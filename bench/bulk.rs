@@ -213,8 +213,15 @@ pub fn haproxy_config(listens: &[(SocketAddrV4, SocketAddrV4)], threads: usize) 
     s
 }
 
-pub fn turnstile_config(iface: &str, queues: u32, listens: &[(u16, SocketAddrV4)]) -> String {
-    let mut s = format!("interface = \"{iface}\"\nqueues = {queues}\nmetrics = \"{METRICS}\"\n");
+pub fn turnstile_config(
+    iface: &str,
+    queues: u32,
+    xdp_mode: &str,
+    listens: &[(u16, SocketAddrV4)],
+) -> String {
+    let mut s = format!(
+        "interface = \"{iface}\"\nqueues = {queues}\nxdp_mode = \"{xdp_mode}\"\nmetrics = \"{METRICS}\"\n"
+    );
     for (port, b) in listens {
         s.push_str(&format!(
             "\n[[listener]]\nport = {port}\nbalance = \"round-robin\"\nbackends = [\"{b}\"]\n"
@@ -369,7 +376,10 @@ fn world(
         BulkProxy::TurnstileRun => {
             let cfg = scratch.0.join("turnstile.toml");
             let l: Vec<(u16, SocketAddrV4)> = listens.iter().map(|(l, b)| (l.port(), *b)).collect();
-            std::fs::write(&cfg, turnstile_config(&s.dev, env.queues, &l))?;
+            std::fs::write(
+                &cfg,
+                turnstile_config(&s.dev, env.queues, &env.xdp_mode, &l),
+            )?;
             let mut cmd = s.command(turnstile_bin(env)?.to_str().unwrap_or("turnstile"));
             cmd.arg("run").arg("--config").arg(&cfg);
             let mut p = Proc::spawn("turnstile run", cmd)?;
@@ -677,7 +687,7 @@ mod tests {
                 && h.contains("frontend f1")
                 && h.contains("server s1 198.18.7.2:5201")
         );
-        let t = turnstile_config("eth9", 2, &[(30201, b), (80, b)]);
+        let t = turnstile_config("eth9", 2, "generic", &[(30201, b), (80, b)]);
         let v: toml::Value = toml::from_str(&t).unwrap();
         assert_eq!(v["queues"].as_integer(), Some(2));
         assert_eq!(v["listener"][1]["port"].as_integer(), Some(80));

@@ -35,9 +35,15 @@ pub fn nginx_config(
     )
 }
 
-pub fn turnstile_run_config(iface: &str, queues: u32, port: u16, backend: SocketAddrV4) -> String {
+pub fn turnstile_run_config(
+    iface: &str,
+    queues: u32,
+    xdp_mode: &str,
+    port: u16,
+    backend: SocketAddrV4,
+) -> String {
     format!(
-        "interface = \"{iface}\"\nqueues = {queues}\nmetrics = \"{SERVER_METRICS}\"\n\n\
+        "interface = \"{iface}\"\nqueues = {queues}\nxdp_mode = \"{xdp_mode}\"\nmetrics = \"{SERVER_METRICS}\"\n\n\
          [[listener]]\nport = {port}\nbalance = \"round-robin\"\nbackends = [\"{backend}\"]\n\n\
          [upstream]\nports = \"{TURNSTILE_PORTS}\"\nreuse = true\nreuse_delay_ms = {TURNSTILE_REUSE_DELAY_MS}\n"
     )
@@ -66,9 +72,10 @@ mod tests {
         let n = nginx_config("/m.so", l, b, 2, std::path::Path::new("/tmp/x"));
         assert!(n.contains("load_module /m.so;") && n.contains("listen 198.18.7.1:80 reuseport"));
         assert!(n.contains("server 198.18.7.2:8080;") && n.contains("worker_processes 2;"));
-        let t = turnstile_run_config("eth9", 2, 80, b);
+        let t = turnstile_run_config("eth9", 2, "generic", 80, b);
         let v: toml::Value = toml::from_str(&t).unwrap();
         assert_eq!(v["interface"].as_str(), Some("eth9"));
+        assert_eq!(v["xdp_mode"].as_str(), Some("generic"));
         assert_eq!(
             v["listener"][0]["backends"][0].as_str(),
             Some("198.18.7.2:8080")

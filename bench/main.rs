@@ -64,6 +64,10 @@ struct Cli {
     /// The turnstile binary (default: beside this one).
     #[arg(long)]
     turnstile: Option<PathBuf>,
+    /// turnstile's `--xdp-mode` (auto, native, generic), for every turnstile
+    /// the run starts.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "native", "generic"])]
+    xdp_mode: String,
 }
 
 #[derive(Parser)]
@@ -235,6 +239,7 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         cores,
         queues: cores as u32,
         concurrency: cli.concurrency,
+        xdp_mode: cli.xdp_mode.clone(),
         stop: stop.clone(),
     };
     let duration = cli.duration.unwrap_or(if cli.full { 15.0 } else { 5.0 });
@@ -728,6 +733,7 @@ mod smoke {
             cores: 2,
             queues: 2,
             concurrency: 16,
+            xdp_mode: "auto".into(),
             stop: Arc::new(AtomicBool::new(false)),
         })
     }

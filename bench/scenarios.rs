@@ -193,6 +193,8 @@ pub struct Env {
     pub cores: usize,
     pub queues: u32,
     pub concurrency: usize,
+    /// turnstile's `--xdp-mode` / `xdp_mode`.
+    pub xdp_mode: String,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -313,6 +315,7 @@ fn start_server(
                 &addr.port().to_string(),
             ]);
             cmd.args(["--queues", &queues.to_string(), "--metrics", SERVER_METRICS]);
+            cmd.args(["--xdp-mode", &env.xdp_mode]);
             if s == Server::TurnstileHttp {
                 cmd.args(["--app", "http"]);
             }
@@ -407,7 +410,7 @@ fn start_proxy(
             let cfg = dir.join("turnstile.toml");
             std::fs::write(
                 &cfg,
-                turnstile_run_config(&h.dev, env.queues, listen.port(), backend),
+                turnstile_run_config(&h.dev, env.queues, &env.xdp_mode, listen.port(), backend),
             )?;
             let mut cmd = h.command(turnstile_bin(env)?.to_str().unwrap_or("turnstile"));
             cmd.arg("run").arg("--config").arg(&cfg);
@@ -526,6 +529,8 @@ fn execute(
                 &topo.client.dev,
                 "--target",
                 &target.to_string(),
+                "--xdp-mode",
+                &env.xdp_mode,
             ]);
             cmd.args([
                 "--connections",

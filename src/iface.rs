@@ -37,14 +37,7 @@ impl Iface {
             .ok()
             .and_then(|s| parse_mac(s.trim()))
             .ok_or_else(|| IfaceError::NoMac(name.to_string()))?;
-        let rx_queues = std::fs::read_dir(sys.join("queues"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-                    .count() as u32
-            })
-            .unwrap_or(1)
-            .max(1);
+        let rx_queues = rx_queues(name);
         let ipv4 = ipv4_of(name).ok_or_else(|| IfaceError::NoIpv4(name.to_string()))?;
         Ok(Iface {
             name: name.to_string(),
@@ -54,6 +47,22 @@ impl Iface {
             rx_queues,
         })
     }
+}
+
+/// How many receive queues the interface has (sysfs `queues/rx-*`), at
+/// least 1.
+pub fn rx_queues(name: &str) -> u32 {
+    if name.is_empty() || name.contains('/') {
+        return 1;
+    }
+    std::fs::read_dir(Path::new("/sys/class/net").join(name).join("queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The interface's MTU, from sysfs.
@@ -66,6 +75,59 @@ pub fn mtu(name: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The interface's driver as `ethtool -i` names it (ETHTOOL_GDRVINFO):
+/// "veth", "mlx5_core", ... None where the ioctl fails (no such interface,
+/// or one without ethtool support such as lo).
+pub fn driver(name: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x03;
+    // struct ethtool_drvinfo: cmd, then driver[32] and seven more fields,
+    // 196 bytes in all; only `driver` is read.
+    let mut info = [0u8; 196];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    ethtool(name, info.as_mut_ptr().cast()).ok()?;
+    let field = &info[4..36];
+    let len = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let d = std::str::from_utf8(&field[..len]).ok()?;
+    (!d.is_empty()).then(|| d.to_string())
+}
+
+// linux/sockios.h
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+/// One SIOCETHTOOL request on `iface`; `data` points to the command buffer,
+/// sized by the caller for its command (linux/ethtool.h).
+pub(crate) fn ethtool(iface: &str, data: *mut libc::c_void) -> std::io::Result<()> {
+    if iface.is_empty() || iface.len() > 15 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: a plain datagram socket, closed when `sock` drops.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and nothing else owns it.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = data as *mut libc::c_char;
+    // SAFETY: SIOCETHTOOL reads and writes the command buffer `data` points
+    // to, which the caller sized for the command.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            SIOCETHTOOL as _,
+            &mut ifr,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -130,5 +192,8 @@ mod tests {
         assert_eq!(lo.ipv4, Ipv4Addr::LOCALHOST);
         let err = Iface::lookup("no-such-if0").unwrap_err();
         assert!(err.to_string().contains("no-such-if0"));
+        assert_eq!(driver("no-such-if0"), None);
+        assert_eq!(driver(""), None);
+        assert_eq!(driver("a-name-far-too-long"), None);
     }
 }

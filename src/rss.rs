@@ -197,8 +197,7 @@ impl std::fmt::Display for Unknown {
     }
 }
 
-// linux/sockios.h, linux/ethtool.h
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+// linux/ethtool.h
 const ETHTOOL_GRXFH: u32 = 0x29;
 const ETHTOOL_GRSSH: u32 = 0x46;
 const TCP_V4_FLOW: u32 = 0x01;
@@ -208,35 +207,6 @@ const ETH_RSS_HASH_TOP: u8 = 1 << 0;
 /// Bytes of `struct ethtool_rxfh` before `rss_config[]`.
 const RXFH_HEADER: usize = 24;
 
-fn ethtool(iface: &str, data: *mut libc::c_void) -> std::io::Result<()> {
-    // SAFETY: a plain datagram socket, closed when `sock` drops.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and nothing else owns it.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
-        *dst = src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = data as *mut libc::c_char;
-    // SAFETY: SIOCETHTOOL reads and writes the command buffer `data` points
-    // to, which the caller sized for the command.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            SIOCETHTOOL as _,
-            &mut ifr,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Reads the RSS key, hash function and indirection table of `iface`
 /// (ETHTOOL_GRSSH), and which TCP/IPv4 fields it hashes (ETHTOOL_GRXFH).
 /// Runs once at start, never on a shard.
@@ -244,7 +214,7 @@ pub fn read_nic(iface: &str) -> Result<RssConfig, Unknown> {
     // First call: sizes only (indir_size = key_size = 0).
     let mut head = [0u32; RXFH_HEADER / 4];
     head[0] = ETHTOOL_GRSSH;
-    ethtool(iface, head.as_mut_ptr().cast())
+    crate::iface::ethtool(iface, head.as_mut_ptr().cast())
         .map_err(|e| Unknown::NotReported(format!("ETHTOOL_GRSSH: {e}")))?;
     let (indir_size, key_size) = (head[2] as usize, head[3] as usize);
     if indir_size == 0 || key_size == 0 || indir_size > 65536 || key_size > 1024 {
@@ -257,7 +227,7 @@ pub fn read_nic(iface: &str) -> Result<RssConfig, Unknown> {
     buf[0] = ETHTOOL_GRSSH;
     buf[2] = indir_size as u32;
     buf[3] = key_size as u32;
-    ethtool(iface, buf.as_mut_ptr().cast())
+    crate::iface::ethtool(iface, buf.as_mut_ptr().cast())
         .map_err(|e| Unknown::NotReported(format!("ETHTOOL_GRSSH: {e}")))?;
     let hfunc = (buf[4] & 0xff) as u8;
     let input_xfrm = ((buf[4] >> 8) & 0xff) as u8;
@@ -280,7 +250,7 @@ pub fn read_nic(iface: &str) -> Result<RssConfig, Unknown> {
     if cfg!(target_endian = "big") {
         nfc[0] = (u64::from(ETHTOOL_GRXFH) << 32) | u64::from(TCP_V4_FLOW);
     }
-    match ethtool(iface, nfc.as_mut_ptr().cast()) {
+    match crate::iface::ethtool(iface, nfc.as_mut_ptr().cast()) {
         Ok(()) if nfc[1] & (RXH_L4_B_0_1 | RXH_L4_B_2_3) != (RXH_L4_B_0_1 | RXH_L4_B_2_3) => {
             return Err(Unknown::NoPorts);
         }

@@ -189,6 +189,34 @@ fn sigterm_detaches_and_exits_zero() {
     assert!(!xdp_attached(&topo));
 }
 
+/// `auto` attaches in generic mode on a one-queue veth (a local flood
+/// would keep native veth's ring full); `native` is still honoured there.
+#[test]
+fn auto_is_generic_on_a_one_queue_veth_and_native_is_honoured() {
+    if !need_root() {
+        return;
+    }
+    let mut topo = Topology::new(TopologyConfig::default()).expect("topology");
+    let (line, pid) = start_serve(&mut topo, &["--port", "7000"]);
+    assert!(
+        line.contains("mode=generic"),
+        "auto on a one-queue veth: {line}"
+    );
+    let out = topo
+        .server
+        .sh_ok(&format!("ip -d link show dev {}", topo.server.dev))
+        .unwrap_or_default();
+    assert!(out.contains("xdpgeneric"), "the kernel agrees: {out}");
+    // SAFETY: plain kill(2) of the child we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(
+        eventually(Duration::from_secs(15), || !xdp_attached(&topo)),
+        "detached on SIGTERM"
+    );
+    let (line, _) = start_serve(&mut topo, &["--port", "7000", "--xdp-mode", "native"]);
+    assert!(line.contains("mode=native"), "asked for native: {line}");
+}
+
 #[test]
 fn two_queues_both_get_a_socket_and_answer() {
     if !need_root() {
@@ -202,7 +230,7 @@ fn two_queues_both_get_a_socket_and_answer() {
     assert!(line.contains("queues=2"), "{line}");
     assert!(
         line.contains("mode=native"),
-        "veth takes native XDP: {line}"
+        "auto keeps native XDP on a multi-queue veth (generic would put every frame on queue 0): {line}"
     );
     let ip = topo.server.ip;
     let out = client_python(

@@ -1,5 +1,6 @@
 //! A SYN flood at the flooder's full rate against `turnstile serve --app
-//! http --xdp-mode generic` (the mode deploy/README.md advises on veth),
+//! http` with its default `--xdp-mode auto` on a one-queue veth (auto
+//! attaches in generic mode there: deploy/README.md says why),
 //! legitimate kernel clients in the flooder's own namespace, and the
 //! kernel's stack (SYN cookies on) offered a flood of the same rate beside
 //! it. Needs root.
@@ -197,21 +198,22 @@ fn legitimate_clients_are_served_through_a_full_rate_syn_flood() {
     let _serial = serial();
     let mut topo = Topology::new(TopologyConfig::default()).expect("topology");
     // XDP_TX on veth reaches the peer only if it runs an XDP program.
-    // Generic (skb) mode, as deploy/README.md advises on veth: a veth end
-    // with a native XDP program (ours, or an XDP_PASS on the client that
-    // native XDP_TX would need) takes every frame sent to it through one
-    // 256-slot ring per queue, which a flooder on the same host keeps full,
-    // so a legitimate SYN or request finds no slot (measured: the client
-    // veth's tx_dropped +2.05 M in 10 s, 16 of 98 captured connections
-    // lost their SYN). Without a native program frames queue per CPU (the
-    // kernel's backlog) and generic XDP_TX needs nothing of the peer.
+    // No --xdp-mode: `auto` must choose generic (skb) mode on this
+    // one-queue veth. A veth end with a native XDP program (ours, or an
+    // XDP_PASS on the client that native XDP_TX would need) takes every
+    // frame sent to it through one 256-slot ring per queue, which a flooder
+    // on the same host keeps full, so a legitimate SYN or request finds no
+    // slot (measured: the client veth's tx_dropped +2.05 M in 10 s, 16 of
+    // 98 captured connections lost their SYN). Without a native program
+    // frames queue per CPU (the kernel's backlog) and generic XDP_TX needs
+    // nothing of the peer.
     let state = format!("/tmp/{}-state", topo.server.netns);
     let serve = {
         let mut cmd = topo.server.command(BIN);
         cmd.arg("serve")
             .args(["--iface", &topo.server.dev, "--port", &PORT.to_string()])
             .args(["--app", "http", "--queues", "1", "--metrics", METRICS])
-            .args(["--state-dir", &state, "--xdp-mode", "generic"])
+            .args(["--state-dir", &state])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -223,6 +225,10 @@ fn legitimate_clients_are_served_through_a_full_rate_syn_flood() {
         assert!(
             line.as_deref().is_some_and(|l| l.starts_with("listening ")),
             "turnstile did not start: {line:?}"
+        );
+        assert!(
+            line.as_deref().is_some_and(|l| l.contains("mode=generic")),
+            "auto must attach in generic mode on a one-queue veth: {line:?}"
         );
         ChildGuard(child)
     };

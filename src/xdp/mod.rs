@@ -26,7 +26,8 @@ pub const MAX_QUEUES: u32 = 64;
 /// How the operator asked for the program to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic where the driver refuses.
+    /// Native (driver) mode, falling back to generic where the driver
+    /// refuses; generic on a one-queue veth (see `generic_is_better`).
     Auto,
     Native,
     Generic,
@@ -180,6 +181,20 @@ fn is_permission(err: &libbpf_rs::Error) -> bool {
         || err.to_string().contains("Operation not permitted")
 }
 
+/// Whether `auto` should attach in generic mode although the driver takes
+/// native XDP: a veth end with one receive queue (what containers and pods
+/// get). Native XDP on veth receives through one 256-slot ring per queue
+/// that any local sender shares, and a flood that keeps it full starves
+/// every other sender (deploy/README.md has the figures); its XDP_TX also
+/// reaches the peer only when the peer runs an XDP program, which turns
+/// the XDP SYN-cookie path off. Generic mode has neither problem. It is
+/// not chosen on a multi-queue veth: there generic XDP sees every frame on
+/// queue 0 (veth records no receive queue on the skb), so one shard would
+/// receive for all of them, where native mode spreads them.
+fn generic_is_better(iface: &str) -> bool {
+    crate::iface::rx_queues(iface) == 1 && crate::iface::driver(iface).as_deref() == Some("veth")
+}
+
 impl XdpProgram {
     /// Loads the program and attaches it to `iface` in the requested mode.
     /// Steering stays disabled until [`XdpProgram::enable`] is called, so no
@@ -203,6 +218,16 @@ impl XdpProgram {
                 link_create(prog_fd, idx, iface, AttachedMode::Generic)?,
                 AttachedMode::Generic,
             ),
+            XdpMode::Auto if generic_is_better(iface) => {
+                tracing::info!(iface, "one-queue veth: generic XDP");
+                eprintln!(
+                    "note: {iface}: a one-queue veth: using generic XDP (--xdp-mode native to override)"
+                );
+                (
+                    link_create(prog_fd, idx, iface, AttachedMode::Generic)?,
+                    AttachedMode::Generic,
+                )
+            }
             XdpMode::Auto => match link_create(prog_fd, idx, iface, AttachedMode::Native) {
                 Ok(l) => (l, AttachedMode::Native),
                 Err(XdpError::Unsupported { err, .. }) => {
