@@ -27,11 +27,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use turnstile::topology::{Host, Topology, TopologyConfig};
 
+use crate::configs::{haproxy_proxies, turnstile_run_listeners};
 use crate::procs::{Proc, tree_usage};
-use crate::scenarios::{
-    Env, Scratch, TURNSTILE_PORTS, TURNSTILE_REUSE_DELAY_MS, TW_TUNED, bench_cmd, sysctls,
-    turnstile_bin, wait_port,
-};
+use crate::scenarios::{Env, Scratch, TW_TUNED, bench_cmd, sysctls, turnstile_bin, wait_port};
 
 /// Proxy ports (outside turnstile's upstream range) and backend ports.
 const IPERF_LISTEN: u16 = 30201;
@@ -200,39 +198,6 @@ pub fn parse_ab(out: &str) -> anyhow::Result<(f64, u64)> {
     Ok((rps, failed))
 }
 
-pub fn haproxy_config(listens: &[(SocketAddrV4, SocketAddrV4)], threads: usize) -> String {
-    let mut s = format!(
-        "global\n    nbthread {threads}\n    maxconn 8000\n\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    maxconn 8000\n"
-    );
-    for (i, (l, b)) in listens.iter().enumerate() {
-        s.push_str(&format!(
-            "\nfrontend f{i}\n    bind {l}\n    default_backend b{i}\n\nbackend b{i}\n    server s{i} {b}\n"
-        ));
-    }
-    s
-}
-
-pub fn turnstile_config(
-    iface: &str,
-    queues: u32,
-    xdp_mode: &str,
-    listens: &[(u16, SocketAddrV4)],
-) -> String {
-    let mut s = format!(
-        "interface = \"{iface}\"\nqueues = {queues}\nxdp_mode = \"{xdp_mode}\"\nmetrics = \"{METRICS}\"\n"
-    );
-    for (port, b) in listens {
-        s.push_str(&format!(
-            "\n[[listener]]\nport = {port}\nbalance = \"round-robin\"\nbackends = [\"{b}\"]\n"
-        ));
-    }
-    s.push_str(&format!(
-        "\n[upstream]\nports = \"{TURNSTILE_PORTS}\"\nreuse = true\nreuse_delay_ms = {TURNSTILE_REUSE_DELAY_MS}\n"
-    ));
-    s
-}
-
 /// The tools the scenario runs; a missing one is named with its package.
 pub fn check_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
@@ -368,7 +333,7 @@ fn world(
     let proxy_proc = match proxy {
         BulkProxy::Haproxy => {
             let cfg = scratch.0.join("haproxy.cfg");
-            std::fs::write(&cfg, haproxy_config(&listens, env.queues as usize))?;
+            std::fs::write(&cfg, haproxy_proxies(&listens, env.queues as usize, 60))?;
             let mut cmd = s.command("haproxy");
             cmd.arg("-db").arg("-f").arg(&cfg);
             Proc::spawn("haproxy", cmd)?
@@ -378,7 +343,7 @@ fn world(
             let l: Vec<(u16, SocketAddrV4)> = listens.iter().map(|(l, b)| (l.port(), *b)).collect();
             std::fs::write(
                 &cfg,
-                turnstile_config(&s.dev, env.queues, &env.xdp_mode, &l),
+                turnstile_run_listeners(&s.dev, env.queues, &env.xdp_mode, METRICS, &l),
             )?;
             let mut cmd = s.command(turnstile_bin(env)?.to_str().unwrap_or("turnstile"));
             cmd.arg("run").arg("--config").arg(&cfg);
@@ -634,6 +599,7 @@ pub fn markdown(ms: &[Measurement], workloads: &[Workload]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::TURNSTILE_PORTS;
 
     #[test]
     fn iperf3_json_is_read() {
@@ -681,13 +647,13 @@ mod tests {
         assert!(parse("bulky").is_none());
         let l: SocketAddrV4 = "198.18.7.1:30201".parse().unwrap();
         let b: SocketAddrV4 = "198.18.7.2:5201".parse().unwrap();
-        let h = haproxy_config(&[(l, b), (l, b)], 2);
+        let h = haproxy_proxies(&[(l, b), (l, b)], 2, 60);
         assert!(
             h.contains("nbthread 2")
                 && h.contains("frontend f1")
                 && h.contains("server s1 198.18.7.2:5201")
         );
-        let t = turnstile_config("eth9", 2, "generic", &[(30201, b), (80, b)]);
+        let t = turnstile_run_listeners("eth9", 2, "generic", METRICS, &[(30201, b), (80, b)]);
         let v: toml::Value = toml::from_str(&t).unwrap();
         assert_eq!(v["queues"].as_integer(), Some(2));
         assert_eq!(v["listener"][1]["port"].as_integer(), Some(80));

@@ -1,19 +1,34 @@
-//! The contenders' configuration files: HAProxy's and nginx's (stream
-//! proxies to one backend) and `turnstile run`'s, as the scenarios write them.
+//! The contenders' configuration files: HAProxy's and nginx's stream
+//! proxies and `turnstile run`'s, as the scenarios (proxy-churn, bulk) write
+//! them.
 
 use std::net::SocketAddrV4;
 
 use crate::scenarios::{SERVER_METRICS, TURNSTILE_PORTS, TURNSTILE_REUSE_DELAY_MS};
 
-pub fn haproxy_config(listen: SocketAddrV4, backend: SocketAddrV4, threads: usize) -> String {
+/// HAProxy in TCP mode, one frontend and backend per `(listen, backend)`
+/// pair; `timeout_s` for the client and server sides.
+pub fn haproxy_proxies(
+    listens: &[(SocketAddrV4, SocketAddrV4)],
+    threads: usize,
+    timeout_s: u32,
+) -> String {
     // maxconn 8000: the file-descriptor hard limit here is 20,000
     // (docs/BENCHMARKS.md, "File descriptors").
-    format!(
+    let mut s = format!(
         "global\n    nbthread {threads}\n    maxconn 8000\n\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    maxconn 8000\n\n\
-         frontend fe\n    bind {listen}\n    default_backend be\n\n\
-         backend be\n    server b1 {backend}\n"
-    )
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client {timeout_s}s\n    timeout server {timeout_s}s\n    maxconn 8000\n"
+    );
+    for (i, (l, b)) in listens.iter().enumerate() {
+        s.push_str(&format!(
+            "\nfrontend f{i}\n    bind {l}\n    default_backend b{i}\n\nbackend b{i}\n    server s{i} {b}\n"
+        ));
+    }
+    s
+}
+
+pub fn haproxy_config(listen: SocketAddrV4, backend: SocketAddrV4, threads: usize) -> String {
+    haproxy_proxies(&[(listen, backend)], threads, 30)
 }
 
 pub fn nginx_config(
@@ -35,6 +50,29 @@ pub fn nginx_config(
     )
 }
 
+/// `turnstile run` with one round-robin listener per `(port, backend)`
+/// pair, metrics on `metrics`.
+pub fn turnstile_run_listeners(
+    iface: &str,
+    queues: u32,
+    xdp_mode: &str,
+    metrics: &str,
+    listens: &[(u16, SocketAddrV4)],
+) -> String {
+    let mut s = format!(
+        "interface = \"{iface}\"\nqueues = {queues}\nxdp_mode = \"{xdp_mode}\"\nmetrics = \"{metrics}\"\n"
+    );
+    for (port, b) in listens {
+        s.push_str(&format!(
+            "\n[[listener]]\nport = {port}\nbalance = \"round-robin\"\nbackends = [\"{b}\"]\n"
+        ));
+    }
+    s.push_str(&format!(
+        "\n[upstream]\nports = \"{TURNSTILE_PORTS}\"\nreuse = true\nreuse_delay_ms = {TURNSTILE_REUSE_DELAY_MS}\n"
+    ));
+    s
+}
+
 pub fn turnstile_run_config(
     iface: &str,
     queues: u32,
@@ -42,11 +80,7 @@ pub fn turnstile_run_config(
     port: u16,
     backend: SocketAddrV4,
 ) -> String {
-    format!(
-        "interface = \"{iface}\"\nqueues = {queues}\nxdp_mode = \"{xdp_mode}\"\nmetrics = \"{SERVER_METRICS}\"\n\n\
-         [[listener]]\nport = {port}\nbalance = \"round-robin\"\nbackends = [\"{backend}\"]\n\n\
-         [upstream]\nports = \"{TURNSTILE_PORTS}\"\nreuse = true\nreuse_delay_ms = {TURNSTILE_REUSE_DELAY_MS}\n"
-    )
+    turnstile_run_listeners(iface, queues, xdp_mode, SERVER_METRICS, &[(port, backend)])
 }
 
 #[cfg(test)]
@@ -68,7 +102,7 @@ mod tests {
         let (l, b) = example_addrs();
         let h = haproxy_config(l, b, 2);
         assert!(h.contains("nbthread 2") && h.contains("maxconn 8000") && h.contains("mode tcp"));
-        assert!(h.contains("bind 198.18.7.1:80") && h.contains("server b1 198.18.7.2:8080"));
+        assert!(h.contains("bind 198.18.7.1:80") && h.contains("server s0 198.18.7.2:8080"));
         let n = nginx_config("/m.so", l, b, 2, std::path::Path::new("/tmp/x"));
         assert!(n.contains("load_module /m.so;") && n.contains("listen 198.18.7.1:80 reuseport"));
         assert!(n.contains("server 198.18.7.2:8080;") && n.contains("worker_processes 2;"));

@@ -219,9 +219,11 @@ impl XdpProgram {
                 AttachedMode::Generic,
             ),
             XdpMode::Auto if generic_is_better(iface) => {
-                tracing::info!(iface, "one-queue veth: generic XDP");
-                eprintln!(
-                    "note: {iface}: a one-queue veth: using generic XDP (--xdp-mode native to override)"
+                // The `listening` line reports the mode; stderr stays for
+                // what the operator must act on.
+                tracing::info!(
+                    iface,
+                    "a one-queue veth: generic XDP (--xdp-mode native to override)"
                 );
                 (
                     link_create(prog_fd, idx, iface, AttachedMode::Generic)?,
