@@ -206,8 +206,8 @@ impl<A: App> Shard<A> {
         let mut work = self.receive(now);
         work += self.neighbor_pass(now);
         while let Some(h) = self.exchange.recv(self.id) {
-            // Parsed (and checked) once more: cheap next to the copy, and
-            // the owner never trusts another shard's view of its frame.
+            // The full parse and checks happen here, in the owner: the
+            // shard that received it only read its addresses and ports.
             if let Ok(p) = parse_incoming(&h.buf[..h.len]) {
                 deliver(&mut self.endpoint, &mut self.neighbors, &p, now);
             }
@@ -244,26 +244,46 @@ impl<A: App> Shard<A> {
             vips,
             ..
         } = self;
-        let got = xsk.recv_batch(|frame| match parse_incoming(frame) {
-            Err(reason) => metrics.dropped(reason),
-            Ok(p) => {
-                let (local, remote) = p.flow();
-                let ours = |ip: &Ipv4Addr| ip == local_ip || vips.contains(ip);
-                if !ours(&p.dst_ip()) || !ours(local.ip()) {
+        let ours = |ip: &Ipv4Addr| ip == local_ip || vips.contains(ip);
+        let hand_off = |frame: &[u8], owner: usize| {
+            if exchange.send(*id, owner, frame) {
+                ShardMetrics::add(&metrics.handoff, 1);
+            } else {
+                ShardMetrics::add(&metrics.handoff_dropped, 1);
+            }
+        };
+        let sharded = flows.shards() > 1;
+        let got = xsk.recv_batch(|frame| {
+            // A TCP frame for another shard goes there unverified: the owner
+            // runs the full parse (and the TCP checksum) anyway, so the pass
+            // over the payload is made once, not twice.
+            if sharded && let Some((src, dst, sport, dport)) = wire::peek_tcp_flow(frame) {
+                if !ours(&dst) {
                     ShardMetrics::add(&metrics.rx_not_local, 1);
                     return;
                 }
-                let owner =
-                    flows.owner(*id, *local.ip(), local.port(), *remote.ip(), remote.port());
+                let owner = flows.owner(*id, dst, dport, src, sport);
                 if owner != *id {
-                    if exchange.send(*id, owner, frame) {
-                        ShardMetrics::add(&metrics.handoff, 1);
-                    } else {
-                        ShardMetrics::add(&metrics.handoff_dropped, 1);
-                    }
+                    hand_off(frame, owner);
                     return;
                 }
-                deliver(endpoint, neighbors, &p, now);
+            }
+            match parse_incoming(frame) {
+                Err(reason) => metrics.dropped(reason),
+                Ok(p) => {
+                    let (local, remote) = p.flow();
+                    if !ours(&p.dst_ip()) || !ours(local.ip()) {
+                        ShardMetrics::add(&metrics.rx_not_local, 1);
+                        return;
+                    }
+                    let owner =
+                        flows.owner(*id, *local.ip(), local.port(), *remote.ip(), remote.port());
+                    if owner != *id {
+                        hand_off(frame, owner);
+                        return;
+                    }
+                    deliver(endpoint, neighbors, &p, now);
+                }
             }
         });
         ShardMetrics::add(&metrics.rx_packets, got as u64);

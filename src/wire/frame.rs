@@ -79,6 +79,26 @@ pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame<'_>, DropReason> {
     })
 }
 
+/// The addresses and ports of a TCP/IPv4 frame, read without verifying the
+/// TCP checksum: (source IP, destination IP, source port, destination port).
+/// Ethernet and the IPv4 header (with its checksum) are checked as in
+/// [`parse_frame`]. For deciding which shard owns a frame before paying for
+/// the pass over its payload; the owner still runs [`parse_frame`]. None
+/// for anything else (not IPv4/TCP, malformed, shorter than the ports).
+pub fn peek_tcp_flow(frame: &[u8]) -> Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u16)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.protocol() != PROTO_TCP {
+        return None;
+    }
+    let t = ip.payload();
+    let port = |at: usize| Some(u16::from_be_bytes([*t.get(at)?, *t.get(at + 1)?]));
+    Some((ip.src_addr(), ip.dst_addr(), port(0)?, port(2)?))
+}
+
 /// TCP header length (20 + options, a multiple of 4) that [`build_frame`]
 /// emits for these options.
 pub const fn tcp_header_len(options: &TcpOptions) -> usize {

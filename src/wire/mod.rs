@@ -34,7 +34,7 @@ pub use drop_reason::DropReason;
 pub use ethernet::ETH_HEADER_LEN;
 pub use frame::{
     BuildError, DATA_PAYLOAD_AT, MAX_HEADER_LEN, build_frame, frame_header_len, parse_frame,
-    tcp_header_len,
+    peek_tcp_flow, tcp_header_len,
 };
 pub use ipv4::IPV4_HEADER_LEN;
 pub use patch::TcpFrameMut;

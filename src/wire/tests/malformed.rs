@@ -278,3 +278,24 @@ fn known_kinds_with_the_wrong_length_are_ignored() {
     let f = frame_with_options([2, 3, 5, 3, 4, 0, 0, 4, 3, 0, 1, 1]);
     assert_eq!(parse_frame(&f).unwrap().tcp.options, TcpOptions::default());
 }
+
+/// The ownership peek reads addresses and ports without the TCP checksum
+/// (the owner verifies it), but never past a bad IP header or a short frame.
+#[test]
+fn peek_reads_the_flow_without_the_tcp_checksum() {
+    let flow = Some((META.src_ip, META.dst_ip, DATA.src_port, DATA.dst_port));
+    let mut frame = data_frame();
+    assert_eq!(super::super::peek_tcp_flow(&frame), flow);
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    assert_eq!(parse_frame(&frame), Err(DropReason::BadTcpChecksum));
+    assert_eq!(super::super::peek_tcp_flow(&frame), flow, "payload unread");
+    let mut frame = data_frame();
+    frame[24] ^= 0x01;
+    assert_eq!(super::super::peek_tcp_flow(&frame), None, "bad IP checksum");
+    let frame = data_frame();
+    assert_eq!(super::super::peek_tcp_flow(&frame[..14 + 20 + 3]), None);
+    let mut frame = data_frame();
+    frame[12] = 0x86; // IPv6 ethertype
+    assert_eq!(super::super::peek_tcp_flow(&frame), None);
+}
