@@ -301,6 +301,30 @@ pub fn markdown(points: &[Point], rates: &[Rate]) -> String {
     s
 }
 
+/// `turnstile-bench report DIR`: the plots again from DIR/syn-flood*.json;
+/// how many it found.
+pub fn replot(dir: &Path) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for spoofed in [false, true] {
+        let mut plan = Plan {
+            rates: Vec::new(),
+            spoofed,
+        };
+        let Ok(text) = std::fs::read_to_string(dir.join(format!("{}.json", plan.stem()))) else {
+            continue;
+        };
+        let points: Vec<Point> = serde_json::from_str(&text)?;
+        for p in &points {
+            if !plan.rates.contains(&p.rate) {
+                plan.rates.push(p.rate);
+            }
+        }
+        write_plot(dir, &points, &plan)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// (SYN/s reached, a measure) points of one line.
 type Points = Vec<(f64, f64)>;
 
@@ -346,7 +370,8 @@ pub fn write_plot(out: &Path, points: &[Point], plan: &Plan) -> anyhow::Result<(
         let line = |pts| crate::plot::Line {
             label: Some(side.name().to_string()),
             color: i,
-            dashed: false,
+            // Drawn over the kernel's: dashed, so equal values show both.
+            dashed: side == Side::Turnstile,
             points: pts,
         };
         ok.push(line(a));

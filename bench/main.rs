@@ -93,6 +93,9 @@ struct ReportCli {
 }
 
 fn rereport(dir: &Path) -> anyhow::Result<()> {
+    if flood_report::replot(dir)? > 0 && !dir.join("summary.json").exists() {
+        return Ok(());
+    }
     let mut results: Vec<RunResult> = Vec::new();
     for e in
         std::fs::read_dir(dir.join("runs")).with_context(|| format!("{}/runs", dir.display()))?
