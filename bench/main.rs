@@ -8,6 +8,8 @@
 
 mod bulk;
 mod configs;
+mod flood_report;
+mod flood_scenario;
 mod kernel_client;
 mod kernel_server;
 mod netns;
@@ -40,6 +42,8 @@ use scenarios::{Contender, Env, Scenario};
     after_help = "Scenarios: wire-limit, accept-churn, connect-churn, proxy-churn (default: all, in that order);\n\
                   bulk (iperf3 1 stream, -R, -P 8, redis-benchmark -k 0 and ab through HAProxy and turnstile run\n\
                   at equal cores; bulk-iperf / bulk-short for either half), only when named.\n\
+                  syn-flood (legitimate clients through SYN floods of rising rate, kernel vs turnstile;\n\
+                  syn-flood=0,50k,full for other rates; syn-flood-spoofed from a forged source), only when named.\n\
                   Default run: 5 s per run, 2 rounds alternated (A B A B), connect-churn 15 s once; under 3 minutes.\n\
                   --full: 15 s per run, 3 rounds, connect-churn 100 s (past the kernel's 60 s TIME_WAIT)."
 )]
@@ -89,6 +93,9 @@ struct ReportCli {
 }
 
 fn rereport(dir: &Path) -> anyhow::Result<()> {
+    if flood_report::replot(dir)? > 0 && !dir.join("summary.json").exists() {
+        return Ok(());
+    }
     let mut results: Vec<RunResult> = Vec::new();
     for e in
         std::fs::read_dir(dir.join("runs")).with_context(|| format!("{}/runs", dir.display()))?
@@ -145,7 +152,9 @@ fn main() -> ExitCode {
     let hidden = match argv.get(1).map(String::as_str) {
         Some("kernel-server") => Some(kernel_server::run(ServerCli::parse_from(&argv[1..]).args)),
         Some("kernel-client") => Some(kernel_client::run(ClientCli::parse_from(&argv[1..]).args)),
-        Some("syn-flood") => Some(syn_flood::run(FloodCli::parse_from(&argv[1..]).args)),
+        Some("syn-flood") if flood_scenario::is_flooder(&argv) => {
+            Some(syn_flood::run(FloodCli::parse_from(&argv[1..]).args))
+        }
         Some("report") => Some(rereport(&ReportCli::parse_from(&argv[1..]).dir)),
         _ => None,
     };
@@ -190,9 +199,11 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         "turnstile-bench needs root (network namespaces, XDP, AF_XDP)"
     );
     let mut workloads: Vec<bulk::Workload> = Vec::new();
+    let mut floods = Vec::new();
     let named: Vec<&String> = cli
         .scenarios
         .iter()
+        .filter(|s| flood_report::parse(s).map(|r| floods.push(r)).is_none())
         .filter(|s| match bulk::parse(s) {
             Some(w) => {
                 for x in w {
@@ -205,6 +216,7 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
             None => true,
         })
         .collect();
+    let floods: Vec<flood_report::Plan> = floods.into_iter().collect::<anyhow::Result<_>>()?;
     if !workloads.is_empty() {
         bulk::check_tools()?;
     }
@@ -215,7 +227,7 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|s| {
                 Scenario::parse(s).with_context(|| {
-                    format!("unknown scenario {s:?}: wire-limit, accept-churn, connect-churn or proxy-churn")
+                    format!("unknown scenario {s:?}: wire-limit, accept-churn, connect-churn, proxy-churn, bulk or syn-flood")
                 })
             })
             .collect::<anyhow::Result<_>>()?
@@ -347,6 +359,10 @@ fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     if !workloads.is_empty() {
         run_bulk(&env, &workloads, &cli, &out)?;
+    }
+    for plan in floods.iter().filter(|_| !stop.load(Ordering::Relaxed)) {
+        let d = cli.duration.unwrap_or(if cli.full { 15.0 } else { 6.0 });
+        flood_scenario::run(&env, plan, d, rounds, &out)?;
     }
     let interrupted = stop.load(Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();

@@ -1,4 +1,5 @@
-//! Line charts of 1-second series, PNG and SVG, with plotters. Text needs a
+//! Line charts of 1-second series (or, [`write_xy`], of one measure against
+//! another), PNG and SVG, with plotters. Text needs a
 //! TrueType font: the first of a few common system paths is registered
 //! (Debian: fonts-dejavu-core). Without one, plots are skipped with a note.
 
@@ -42,17 +43,63 @@ pub struct Panel {
     pub lines: Vec<Line>,
 }
 
+/// How the x axis reads.
+struct XAxis<'a> {
+    desc: &'a str,
+    /// Tick labels in thousands ("200k"), for rates.
+    thousands: bool,
+    /// A dot on every point: few points, each a separate measurement.
+    markers: bool,
+}
+
+const SECONDS: XAxis = XAxis {
+    desc: "seconds into the run",
+    thousands: false,
+    markers: false,
+};
+
 /// Writes `base.png` and `base.svg` with the panels stacked vertically.
 pub fn write(base: &Path, panels: &[Panel]) -> anyhow::Result<()> {
+    write_with(base, panels, &SECONDS)
+}
+
+/// Like [`write`], points being (rate, value) measurements: `x_desc` under
+/// the x axis, its ticks in thousands, a dot on every point.
+pub fn write_xy(base: &Path, x_desc: &str, panels: &[Panel]) -> anyhow::Result<()> {
+    let x = XAxis {
+        desc: x_desc,
+        thousands: true,
+        markers: true,
+    };
+    write_with(base, panels, &x)
+}
+
+fn write_with(base: &Path, panels: &[Panel], x: &XAxis) -> anyhow::Result<()> {
     let h = 360 * panels.len() as u32;
     let png = base.with_extension("png");
     let svg = base.with_extension("svg");
     draw(
         BitMapBackend::new(&png, (900, h)).into_drawing_area(),
         panels,
+        x,
     )?;
-    draw(SVGBackend::new(&svg, (900, h)).into_drawing_area(), panels)?;
+    draw(
+        SVGBackend::new(&svg, (900, h)).into_drawing_area(),
+        panels,
+        x,
+    )?;
     Ok(())
+}
+
+/// Tick labels with as many decimals as a y range up to `ymax` needs.
+fn decimals(ymax: f64) -> usize {
+    if ymax < 1.0 {
+        2
+    } else if ymax < 10.0 {
+        1
+    } else {
+        0
+    }
 }
 
 fn color(i: usize) -> RGBColor {
@@ -67,7 +114,11 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, panels: &[Panel]) -> anyhow::Result<()>
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[Panel],
+    x: &XAxis,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -84,8 +135,9 @@ where
             .lines
             .iter()
             .flat_map(|l| l.points.iter().map(|q| q.1))
-            .fold(10.0f64, f64::max)
+            .fold(if x.markers { 0.5 } else { 10.0 }, f64::max)
             * 1.1;
+        let dec = decimals(ymax);
         let mut chart = ChartBuilder::on(area)
             .caption(&p.title, ("sans-serif", 20))
             .margin(12)
@@ -93,18 +145,26 @@ where
             .y_label_area_size(80)
             .build_cartesian_2d(0f64..xmax, 0f64..ymax)
             .map_err(e)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .x_desc("seconds into the run")
+        let y_fmt = |v: &f64| format!("{v:.dec$}");
+        let k_fmt = |v: &f64| format!("{:.0}k", v / 1000.0);
+        let mut mesh = chart.configure_mesh();
+        mesh.light_line_style(TRANSPARENT)
+            .x_desc(x.desc)
             .y_desc(p.y_label.as_str())
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .draw()
-            .map_err(e)?;
+            .y_label_formatter(&y_fmt);
+        if x.thousands {
+            mesh.x_label_formatter(&k_fmt);
+        }
+        mesh.draw().map_err(e)?;
         for l in &p.lines {
             let c = color(l.color);
             let style = c.stroke_width(2);
             let pts = l.points.iter().copied();
+            if x.markers {
+                chart
+                    .draw_series(l.points.iter().map(|&q| Circle::new(q, 4, c.filled())))
+                    .map_err(e)?;
+            }
             let anno = if l.dashed {
                 chart
                     .draw_series(DashedLineSeries::new(pts, 6, 4, style))
@@ -120,7 +180,11 @@ where
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(if x.markers {
+                SeriesLabelPosition::MiddleRight
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
@@ -129,4 +193,16 @@ where
     }
     root.present().map_err(e)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_decimals_follow_the_range() {
+        assert_eq!(decimals(0.3), 2);
+        assert_eq!(decimals(5.5), 1);
+        assert_eq!(decimals(110.0), 0);
+    }
 }
