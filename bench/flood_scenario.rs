@@ -287,31 +287,16 @@ fn world(env: &Env, p: &mut Point, duration: f64, spoofed: bool) -> anyhow::Resu
         .args(["--drain-s", &DRAIN_S.to_string()])
         .args(["--timeout-s", &TIMEOUT_S.to_string(), "--close", "first"]);
     let mut client = Proc::spawn("kernel-client", cmd)?;
-    let limit = Instant::now() + Duration::from_secs_f64(duration + DRAIN_S + TIMEOUT_S + 10.0);
-    if client.wait_until(limit, &env.stop, || {}).is_none() {
-        client.terminate(Duration::from_millis(500));
-        anyhow::bail!("kernel-client did not finish: {}", client.stderr_tail());
-    }
-    let out = client.stdout();
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .with_context(|| format!("kernel-client printed no report: {}", client.stderr_tail()))?;
-    p.client = Some(serde_json::from_str(line).context("kernel-client report")?);
+    let line = json_report(
+        &mut client,
+        "kernel-client",
+        duration + DRAIN_S + TIMEOUT_S + 10.0,
+        env,
+    )?;
+    p.client = Some(serde_json::from_str(&line).context("kernel-client report")?);
     if let Some(f) = flood.as_mut() {
-        let limit = Instant::now() + Duration::from_secs_f64(flood_s + 5.0);
-        if f.wait_until(limit, &env.stop, || {}).is_none() {
-            f.terminate(Duration::from_millis(500));
-            anyhow::bail!("the flooder did not finish: {}", f.stderr_tail());
-        }
-        let out = f.stdout();
-        let line = out
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .with_context(|| format!("syn-flood printed no report: {}", f.stderr_tail()))?;
-        let v: serde_json::Value = serde_json::from_str(line).context("syn-flood report")?;
+        let line = json_report(f, "syn-flood", flood_s + 5.0, env)?;
+        let v: serde_json::Value = serde_json::from_str(&line).context("syn-flood report")?;
         p.flood_pps = v["pps"].as_f64().unwrap_or(0.0);
         p.flood_sent = v["sent"].as_u64().unwrap_or(0);
     }
@@ -342,6 +327,22 @@ fn world(env: &Env, p: &mut Point, duration: f64, spoofed: bool) -> anyhow::Resu
     drop(procs);
     drop(topo);
     Ok(())
+}
+
+/// Waits up to `limit_s` for `proc` to exit (terminating it otherwise) and
+/// returns the last JSON line it printed, its report.
+fn json_report(proc: &mut Proc, what: &str, limit_s: f64, env: &Env) -> anyhow::Result<String> {
+    let limit = Instant::now() + Duration::from_secs_f64(limit_s);
+    if proc.wait_until(limit, &env.stop, || {}).is_none() {
+        proc.terminate(Duration::from_millis(500));
+        anyhow::bail!("{what} did not finish: {}", proc.stderr_tail());
+    }
+    proc.stdout()
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .map(str::to_string)
+        .with_context(|| format!("{what} printed no report: {}", proc.stderr_tail()))
 }
 
 #[cfg(test)]
